@@ -1,0 +1,113 @@
+"""The agent's HTTP API: ``/metrics``, ``/api/status``, ``/api/releases``, ``/api/events`` and the
+mutating endpoints (deploy, rollback, maintenance, freeze) that need a bearer token.
+
+Routes only translate HTTP to ``Agent`` calls. Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.backends.base import ReleaseSpec
+from agent.errors import WardenError
+from agent.loop import Agent
+from agent.status import action_json, event_json, release_json, status_document
+
+
+class DeployBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+    model: str = ""
+    task: str = ""
+    image: str = ""
+    args: list[str] = Field(default_factory=list, max_length=64)
+    force: bool = False
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str | None = None
+
+
+class FlagBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on: bool
+
+
+def create_api(agent: Agent, *, token: str | None, read_open: bool = True) -> FastAPI:
+    """The API app. ``token`` None: mutating endpoints answer 403 saying how to set one."""
+    app = FastAPI(title="Warden agent", version="0.1.0")
+
+    def _check(authorization: str | None) -> None:
+        if token is None:
+            raise HTTPException(403, "no API token is configured; set WARDEN_TOKEN and restart")
+        presented = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(presented.encode(), token.encode()):
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        _check(authorization)
+
+    def require_read(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not read_open:
+            _check(authorization)
+
+    write = [Depends(require_token)]
+    read = [Depends(require_read)]
+
+    @app.exception_handler(WardenError)
+    async def _warden_error(request: Request, exc: WardenError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.get("/metrics", dependencies=read)
+    def metrics() -> Response:
+        return Response(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/status", dependencies=read)
+    def status() -> dict[str, Any]:
+        return status_document(agent)
+
+    @app.get("/api/releases", dependencies=read)
+    def releases() -> dict[str, Any]:
+        return {"releases": [release_json(r) for r in agent.store.releases()]}
+
+    @app.get("/api/actions", dependencies=read)
+    def actions(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        return {"actions": [action_json(a) for a in agent.store.actions(limit=limit)]}
+
+    @app.get("/api/events", dependencies=read)
+    def events(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        items = agent.store.events(after_id=after, limit=limit)
+        return {"events": [event_json(e) for e in items], "next": items[-1].id if items else after}
+
+    @app.post("/api/deploy", dependencies=write, status_code=202)
+    def deploy(body: DeployBody) -> dict[str, Any]:
+        spec = ReleaseSpec(
+            tag=body.tag, model=body.model, task=body.task, image=body.image, args=tuple(body.args)
+        )
+        return agent.deploy(spec, force=body.force)
+
+    @app.post("/api/rollback", dependencies=write, status_code=202)
+    def rollback(body: RollbackBody) -> dict[str, Any]:
+        return agent.rollback(body.to)
+
+    @app.post("/api/maintenance", dependencies=write)
+    def maintenance(body: FlagBody) -> dict[str, Any]:
+        return agent.set_flags(maintenance=body.on)
+
+    @app.post("/api/freeze", dependencies=write)
+    def freeze(body: FlagBody) -> dict[str, Any]:
+        return agent.set_flags(frozen=body.on)
+
+    return app

@@ -1,0 +1,264 @@
+"""Composition root: the one place that wires real parts together and runs them.
+
+``build_agent`` turns a ``WardenConfig`` into an ``Agent`` with a real backend, HTTP client,
+state store and audit log; ``Runtime`` runs its ticks on APScheduler, delivers alerts from the
+outbox, serves the API with uvicorn, and stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from agent import alerts as alerting
+from agent.api import create_api
+from agent.audit import AuditLog
+from agent.backends.base import Backend
+from agent.canaries import load_canaries
+from agent.clock import Clock, SystemClock
+from agent.config import WardenConfig, is_loopback
+from agent.errors import ConfigError, WardenError
+from agent.file_sd import TargetFile
+from agent.loop import Agent, AgentSettings
+from agent.metrics import AgentMetrics
+from agent.observe import Observer
+from agent.policy import PolicyConfig
+from agent.rules import RuleWatcher
+from agent.state import StateStore
+from agent.trace import TraceRecorder
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "api-token"  # noqa: S105 (a file name)
+
+
+def make_backend(cfg: WardenConfig, clock: Clock) -> Backend:
+    """The backend named in the config. Only this function knows every kind."""
+    kind = cfg.backend.kind
+    if kind == "process":
+        from agent.backends.process import ProcessBackend
+
+        return ProcessBackend(
+            state_dir=cfg.state_dir,
+            service=cfg.service,
+            base_port=cfg.backend.port,
+            host=cfg.backend.host,
+            command=[*cfg.backend.command, *cfg.backend.extra_args],
+            grace_s=5.0,
+            clock=clock,
+        )
+    raise ConfigError([f"backend: kind {kind!r} is not available in this build"])
+
+
+def settings_from(cfg: WardenConfig) -> AgentSettings:
+    p = cfg.policy
+    return AgentSettings(
+        service=cfg.service,
+        initial_release=cfg.initial_release(),
+        replicas=cfg.backend.replicas,
+        interval_s=cfg.probe.interval_s,
+        fast_interval_s=min(0.25, cfg.probe.interval_s),
+        verify_timeout_s=p.verify_timeout_s,
+        bake_s=p.bake_s,
+        policy=PolicyConfig(
+            cooldown_s=p.cooldown_s,
+            actions_per_hour=p.actions_per_hour,
+            crash_loop_backoff_initial_s=p.crash_loop_backoff_initial_s,
+            crash_loop_backoff_max_s=p.crash_loop_backoff_max_s,
+            restart_window_s=p.restart_window_s,
+            max_replicas=cfg.backend.max_replicas,
+            dry_run=p.dry_run,
+        ),
+    )
+
+
+def build_agent(
+    cfg: WardenConfig,
+    *,
+    clock: Clock | None = None,
+    backend: Backend | None = None,
+    client: httpx.Client | None = None,
+    trace_path: Path | None = None,
+) -> Agent:
+    """An ``Agent`` from ``cfg`` with real parts unless some are given (tests)."""
+    clock = clock or SystemClock()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    backend = backend or make_backend(cfg, clock)
+    canaries = load_canaries(cfg.canaries)
+    client = client or httpx.Client(timeout=cfg.probe.timeout_s)
+    observer = Observer(
+        backend=backend,
+        client=client,
+        canaries=lambda: canaries,
+        timeout_s=cfg.probe.timeout_s,
+        canary_interval_s=cfg.probe.canary_interval_s,
+        restart_window_s=cfg.policy.restart_window_s,
+        startup_grace_s=cfg.probe.startup_grace_s,
+    )
+    watcher = RuleWatcher(cfg.rules)
+    if watcher.rules.rules == () and not watcher.poll().ok:
+        raise ConfigError(watcher.poll().problems)
+    return Agent(
+        settings=settings_from(cfg),
+        clock=clock,
+        backend=backend,
+        observer=observer,
+        store=StateStore(cfg.state_dir),
+        audit=AuditLog(cfg.state_dir),
+        rules=watcher,
+        metrics=AgentMetrics(),
+        receivers=alerting.receivers_from_config(cfg.alerts, generator_url=status_url(cfg)),
+        trace=TraceRecorder(trace_path) if trace_path else None,
+    )
+
+
+def status_url(cfg: WardenConfig) -> str:
+    """The agent's ``/api/status`` URL as others reach it (alerts link back to it)."""
+    host = cfg.api.host
+    if host in ("0.0.0.0", "::"):  # noqa: S104 (reading the bind, not binding)
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.api.port}/api/status"
+
+
+def resolve_token(cfg: WardenConfig, *, create: bool) -> str | None:
+    """The API token: ``$<token_env>``, else ``state_dir/api-token`` (created when asked)."""
+    from_env = os.environ.get(cfg.api.token_env)
+    if from_env:
+        return from_env
+    path = cfg.state_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip() or None
+    if not create:
+        return None
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+class Runtime:
+    """Runs an ``Agent``: ticks, alert delivery and the API, until ``stop``."""
+
+    def __init__(self, agent: Agent, cfg: WardenConfig, *, token: str | None) -> None:
+        if not is_loopback(cfg.api.host) and token is None:
+            raise WardenError(
+                f"refusing to serve the API on {cfg.api.bind} (not loopback) without a token; "
+                f"set {cfg.api.token_env}"
+            )
+        self.agent = agent
+        self.cfg = cfg
+        self._wake = threading.Event()
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        app = create_api(agent, token=token, read_open=cfg.api.read_open)
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=cfg.api.host,
+                port=cfg.api.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        self._api_thread = threading.Thread(target=self._server.run, name="warden-api", daemon=True)
+        self._interval = agent.settings.interval_s
+        self._http = httpx.Client()
+        file_sd = cfg.prometheus.file_sd
+        self._targets = TargetFile(file_sd, service=cfg.service) if file_sd else None
+
+    def start(self) -> None:
+        self.agent.backend.on_event(lambda _event: self.wake())
+        self._api_thread.start()
+        self._scheduler.add_job(
+            self._run_tick,
+            "interval",
+            seconds=self._interval,
+            id="tick",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(),
+        )
+        self._scheduler.add_job(
+            self._deliver_alerts,
+            "interval",
+            seconds=1.0,
+            id="alerts",
+            max_instances=1,
+            coalesce=True,
+        )
+        self._scheduler.start()
+
+    def wake(self) -> None:
+        """Run a tick now (an engine event arrived)."""
+        self._wake.set()
+        try:
+            self._scheduler.modify_job("tick", next_run_time=datetime.now())
+        except Exception as exc:  # noqa: BLE001 - a job that is running now is woken below
+            log.debug("tick not rescheduled (%s); the running tick will run again", exc)
+
+    def _run_tick(self) -> None:
+        for _ in range(4):  # events that arrive during a tick get a tick right after it
+            self._wake.clear()
+            try:
+                with self.agent.metrics.tick_duration.time():
+                    report = self.agent.tick()
+            except Exception:
+                log.exception("tick failed; the next tick will observe and reconcile again")
+                return
+            self._retime(report.next_interval_s)
+            if self._targets is not None:  # Prometheus file_sd: scrape what runs now
+                self._targets.update(self.agent.backend.list_replicas())
+            if not self._wake.is_set():
+                return
+
+    def _retime(self, interval: float) -> None:
+        if interval != self._interval:
+            self._interval = interval
+            self._scheduler.reschedule_job("tick", trigger="interval", seconds=interval)
+
+    def _deliver_alerts(self) -> None:
+        store, now = self.agent.store, self.agent.clock.now()
+        receivers = {r.name: r for r in self.agent.receivers}
+        for item in store.due_alerts(now):
+            receiver = receivers.get(item.receiver)
+            if receiver is None:
+                store.mark_alert_failed(
+                    item.id,
+                    now + alerting.MAX_BACKOFF_S,
+                    f"receiver {item.receiver} is not configured",
+                )
+                continue
+            error = alerting.deliver(
+                self._http, receiver, alerting.alert_from_dict(item.payload), now
+            )
+            result = "failed" if error else "sent"
+            self.agent.metrics.alerts_delivered.labels(receiver=receiver.name, result=result).inc()
+            if error:
+                log.warning(
+                    "alert to %s failed (attempt %d): %s", receiver.name, item.attempts + 1, error
+                )
+                store.mark_alert_failed(item.id, now + alerting.backoff_s(item.attempts + 1), error)
+            else:
+                store.mark_alert_sent(item.id, now)
+
+    def stop(self) -> None:
+        """Stop ticking and serving; close the backend (the process backend stops replicas)."""
+        self._scheduler.shutdown(wait=True)
+        self._server.should_exit = True
+        self._api_thread.join(timeout=5)
+        self.agent.observer.close()
+        self.agent.backend.close()
+        self._http.close()

@@ -1,0 +1,77 @@
+"""The Backend protocol: the few things the agent asks of an engine (processes, Docker, Swarm).
+
+The reconciler is the only caller that changes anything. Every method is idempotent in effect:
+asking for a state that already holds does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.domain import EngineEvent, Replica
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseSpec:
+    """What a release is for a backend.
+
+    Process backend: ``model`` is a model directory (empty = the packaged default model) and
+    ``args`` are extra server flags. Docker/Swarm: ``image`` is the image reference.
+    """
+
+    tag: str
+    model: str = ""
+    task: str = ""
+    image: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceSample:
+    """CPU and memory of one replica, measured by the backend (psutil, docker stats)."""
+
+    cpu_percent: float  # of one core, like `top`
+    memory_bytes: float
+    memory_percent: float  # of the replica's limit, or of host memory when unlimited
+
+
+class Backend(Protocol):
+    """An engine that runs replicas of the model server."""
+
+    kind: str
+
+    def list_replicas(self) -> list[Replica]:
+        """Every replica this agent owns (found by its labels / its own children), any state."""
+        ...
+
+    def start_replica(self, slot: str, release: ReleaseSpec, generation: int) -> Replica:
+        """Create and start replica ``slot`` running ``release``. Replaces an existing one."""
+        ...
+
+    def stop_replica(self, slot: str) -> None:
+        """Stop and remove replica ``slot``. No error if it is already gone."""
+        ...
+
+    def restart_replica(self, slot: str) -> None:
+        """Restart replica ``slot`` in place (same release)."""
+        ...
+
+    def resources(self, replica: Replica) -> ResourceSample | None:
+        """CPU/memory of a replica, or None when it cannot be measured now."""
+        ...
+
+    def drain_events(self) -> list[EngineEvent]:
+        """Engine events that arrived since the last call (never blocks)."""
+        ...
+
+    def on_event(self, callback: Callable[[EngineEvent], None]) -> None:
+        """Call ``callback`` (from any thread) as soon as an event arrives, so the agent can
+        run a tick at once instead of waiting for the next interval."""
+        ...
+
+    def close(self) -> None:
+        """Release engine resources. Replicas keep running unless the backend owns them."""
+        ...

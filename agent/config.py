@@ -1,0 +1,350 @@
+"""``warden.yaml``: the agent's configuration, validated whole, with defaults for everything.
+
+An absent file is the embedded default (process backend, one replica of the packaged model on
+127.0.0.1:8000, API on 127.0.0.1:9400). Durations are parsed once here into ``*_s`` seconds and
+sizes into ``*_bytes``; paths are resolved relative to the config file's directory. Every problem
+is reported at once as ``file:line: path: message``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from agent.backends.base import ReleaseSpec
+from agent.durations import quote
+from agent.errors import ConfigError
+from agent.yamlconf import (
+    ByteSize,
+    Document,
+    Duration,
+    PositiveDuration,
+    choice,
+    read_document,
+    render,
+    validate,
+)
+
+PACKAGED_DEFAULTS = Path(__file__).parent / "defaults"
+PACKAGED_RULES = PACKAGED_DEFAULTS / "rules"
+PACKAGED_CANARIES = PACKAGED_RULES / "canaries.yaml"
+BACKEND_KINDS = ("process", "docker", "swarm")
+ALERT_KINDS = ("alertmanager", "webhook", "slack")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_SERVICE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"use {what}; got {quote(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _env_name(value: str) -> str:
+    if value and not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            f"expected an environment variable name like WARDEN_TOKEN; got {quote(value)}"
+        )
+    return value
+
+
+def _env_values(value: object) -> object:
+    """Numbers in ``env:`` become text (``OMP_NUM_THREADS: 2``); anything else is checked as is."""
+    if isinstance(value, dict):
+        return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                for k, v in value.items()}  # fmt: skip
+    return value
+
+
+def _not_empty(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _default_command() -> tuple[str, ...]:
+    return (sys.executable, "-m", "inference")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class BackendSettings(_Section):
+    """Where and how replicas run."""
+
+    kind: Annotated[
+        Literal["process", "docker", "swarm"], BeforeValidator(choice("backend", BACKEND_KINDS))
+    ] = "process"
+    replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(4, ge=1)
+    port: int = Field(8000, ge=1, le=65535)  # first replica; more on the next free ports
+    host: str = "127.0.0.1"
+    image: str = "warden-inference"  # docker/swarm: repository; releases are its tags
+    network: str = ""
+    command: Annotated[tuple[str, ...], AfterValidator(_not_empty)] = Field(
+        default_factory=_default_command
+    )  # process: argv prefix that starts the server
+    extra_args: tuple[str, ...] = ()
+    env: Annotated[dict[str, str], BeforeValidator(_env_values)] = Field(default_factory=dict)
+    memory_limit_bytes: ByteSize = Field(None, alias="memory_limit")
+    cpus: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _replicas_fit(self) -> BackendSettings:
+        if self.replicas > self.max_replicas:
+            raise ValueError(
+                f"replicas ({self.replicas}) is more than max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ReleaseSettings(_Section):
+    """The release to run when the agent has no history yet."""
+
+    tag: Annotated[str, _matches(_TAG, 'letters, digits, "_", "." and "-" (a Docker tag)')] = (
+        "default"
+    )
+    model: str = ""  # process: model directory; "" = the packaged default model
+    task: str = ""  # "" = the server decides (auto)
+    image: str = ""  # docker/swarm: full image reference; "" = backend.image:tag
+    args: tuple[str, ...] = ()
+
+
+class ProbeSettings(_Section):
+    """How often replicas are probed."""
+
+    interval_s: PositiveDuration = Field(1.0, alias="interval")
+    timeout_s: PositiveDuration = Field(0.5, alias="timeout")
+    canary_interval_s: PositiveDuration = Field(10.0, alias="canary_interval")
+    # A replica that has not answered /health since it started is "starting", not failing,
+    # for this long (a Kubernetes startup probe): torch and model load take seconds to minutes.
+    startup_grace_s: Duration = Field(120.0, alias="startup_grace")
+
+
+def _bind(value: str) -> str:
+    _split_bind(value)
+    return value
+
+
+def _split_bind(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f'expected "host:port" like "127.0.0.1:9400"; got {quote(bind)}')
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiSettings(_Section):
+    """The agent's own HTTP API."""
+
+    bind: Annotated[str, AfterValidator(_bind)] = "127.0.0.1:9400"
+    token_env: Annotated[str, AfterValidator(_env_name)] = "WARDEN_TOKEN"  # noqa: S105 (a name)
+    read_open: bool = True  # read-only endpoints without a token; default: only on loopback
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_open_default(cls, data: object) -> object:
+        if isinstance(data, dict) and "read_open" not in data:
+            try:
+                host, _ = _split_bind(data.get("bind", "127.0.0.1:9400"))
+            except (ValueError, AttributeError):
+                return data  # the bind error is reported on its own
+            return {**data, "read_open": is_loopback(host)}
+        return data
+
+    @property
+    def host(self) -> str:
+        """The address to listen on."""
+        return _split_bind(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        """The port to listen on."""
+        return _split_bind(self.bind)[1]
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL; got {quote(value)}")
+    return value
+
+
+class AlertSettings(_Section):
+    """One alert receiver."""
+
+    kind: Annotated[
+        Literal["alertmanager", "webhook", "slack"],
+        BeforeValidator(choice("alert kind", ALERT_KINDS)),
+    ]
+    url: Annotated[str, AfterValidator(_url)]
+    secret_env: Annotated[str, AfterValidator(_env_name)] = ""  # webhook: HMAC key's variable
+    timeout_s: PositiveDuration = Field(5.0, alias="timeout")
+
+
+class PolicySettings(_Section):
+    """Remediation limits (the policy engine's knobs)."""
+
+    cooldown_s: Duration = Field(60.0, alias="cooldown")
+    actions_per_hour: int = Field(10, ge=0)
+    verify_timeout_s: PositiveDuration = Field(60.0, alias="verify_timeout")
+    bake_s: Duration = Field(300.0, alias="bake")
+    crash_loop_backoff_initial_s: PositiveDuration = Field(10.0, alias="crash_loop_backoff_initial")
+    crash_loop_backoff_max_s: PositiveDuration = Field(300.0, alias="crash_loop_backoff_max")
+    restart_window_s: PositiveDuration = Field(600.0, alias="restart_window")
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> PolicySettings:
+        if self.crash_loop_backoff_max_s < self.crash_loop_backoff_initial_s:
+            raise ValueError("crash_loop_backoff_max is shorter than crash_loop_backoff_initial")
+        return self
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context if isinstance(info.context, dict) else {}
+    base = context.get("base_dir")
+    return base if isinstance(base, Path) else Path.cwd()
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    return Path(os.path.normpath(_base_dir(info) / value.expanduser()))
+
+
+def _resolve_optional(value: Path | None, info: ValidationInfo) -> Path | None:
+    return None if value is None else _resolve(value, info)
+
+
+def _existing(value: Path, info: ValidationInfo) -> Path:
+    path = _resolve(value, info)
+    if not path.exists():
+        raise ValueError(f"no such file or directory: {path}")
+    return path
+
+
+class PrometheusSettings(_Section):
+    """Prometheus integration (docs/observability.md)."""
+
+    # file_sd target file the agent keeps up to date with its replicas; None: not written
+    file_sd: Annotated[Path | None, AfterValidator(_resolve_optional)] = None
+
+
+def default_rules_path(base_dir: Path) -> Path:
+    """``rules/`` next to the config file, else the copy packaged with the agent."""
+    local = base_dir / "rules"
+    return local if local.is_dir() else PACKAGED_RULES
+
+
+def default_canaries_path(base_dir: Path) -> Path:
+    """``rules/canaries.yaml`` next to the config file, else the packaged golden set."""
+    local = base_dir / "rules" / "canaries.yaml"
+    return local if local.is_file() else PACKAGED_CANARIES
+
+
+class WardenConfig(_Section):
+    """The whole of ``warden.yaml``, validated; sections are frozen pydantic models."""
+
+    service: Annotated[str, _matches(_SERVICE, 'lowercase letters, digits, "_", "." and "-"')] = (
+        "inference"
+    )
+    backend: BackendSettings = Field(default_factory=BackendSettings)
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    canaries: Annotated[Path, AfterValidator(_existing)] = PACKAGED_CANARIES
+    rules: Annotated[Path, AfterValidator(_existing)] = PACKAGED_RULES
+    state_dir: Annotated[Path, AfterValidator(_resolve)] = Path(".warden")
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    alerts: tuple[AlertSettings, ...] = ()
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    maintenance: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_default_next_to_the_file(cls, data: object, info: ValidationInfo) -> object:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return data
+        base = _base_dir(info)
+        defaults = {
+            "rules": default_rules_path(base),
+            "canaries": default_canaries_path(base),
+            "state_dir": Path(".warden"),
+        }
+        return defaults | data
+
+    def initial_release(self) -> ReleaseSpec:
+        """The ``release:`` section as the backend's ``ReleaseSpec``."""
+        image = self.release.image
+        if not image and self.backend.kind != "process":
+            image = f"{self.backend.image}:{self.release.tag}"
+        return ReleaseSpec(
+            tag=self.release.tag,
+            model=self.release.model,
+            task=self.release.task,
+            image=image,
+            args=self.release.args,
+        )
+
+
+def load_config(path: Path | None, *, base_dir: Path | None = None) -> WardenConfig:
+    """Load ``warden.yaml`` (``None``: the embedded default, paths relative to ``base_dir`` or
+    the current directory). Raises ``ConfigError`` listing every problem."""
+    if path is None:
+        doc = Document(file="(defaults)")
+        base = (base_dir or Path.cwd()).absolute()
+    else:
+        doc = read_document(path)
+        base = (base_dir or path.parent).absolute()
+    if doc.problems and doc.data is None:
+        raise ConfigError(render(doc.problems))
+    config, problems = validate(WardenConfig, doc, context={"base_dir": base})
+    problems = doc.problems + problems
+    if config is None or problems:
+        raise ConfigError(render(problems))
+    return config
+
+
+__all__ = [
+    "AlertSettings",
+    "ApiSettings",
+    "BackendSettings",
+    "PolicySettings",
+    "ProbeSettings",
+    "PrometheusSettings",
+    "ReleaseSettings",
+    "WardenConfig",
+    "is_loopback",
+    "load_config",
+]

@@ -1,0 +1,257 @@
+"""Observe: probe every replica and turn the results into this tick's signals.
+
+The ``Observer`` keeps the little memory that signals need between ticks (consecutive health
+failures, the last metrics samples for rates and percentiles, the last canary result, restart
+times). Probes of different replicas run in parallel so a hung replica does not delay the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+
+from agent.backends.base import Backend, ResourceSample
+from agent.collectors import GpuCollector, MetricsSample, aggregate, scrape
+from agent.domain import SERVICE, CanaryResult, ProbeResult, Replica, ReplicaState
+from agent.probes import CanaryInput, probe_health, probe_ready, run_canaries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaView:
+    """One replica as observed this tick (what status pages and verification read)."""
+
+    replica: Replica
+    health: ProbeResult | None
+    ready: ProbeResult | None
+    canary: CanaryResult | None
+    canary_at: float | None
+    resources: ResourceSample | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    at: float
+    views: tuple[ReplicaView, ...]
+    signals: dict[str, dict[str, float]]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready_slots(self) -> frozenset[str]:
+        return frozenset(v.replica.id for v in self.views if v.ready is not None and v.ready.ok)
+
+    def view(self, slot: str) -> ReplicaView | None:
+        return next((v for v in self.views if v.replica.id == slot), None)
+
+
+@dataclass(slots=True)
+class _Memory:
+    """What the observer remembers about one slot."""
+
+    instance: tuple[int | None, float | None] = (None, None)  # (pid, started_at)
+    first_seen: float = 0.0  # when this instance was first observed
+    healthy_once: bool = False  # answered /health since it started
+    health_failures: int = 0
+    samples: deque[tuple[float, MetricsSample]] = field(default_factory=deque)
+    canary: CanaryResult | None = None
+    canary_at: float | None = None
+    restarts: deque[float] = field(default_factory=deque)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Probed:
+    health: ProbeResult | None = None
+    ready: ProbeResult | None = None
+    metrics: MetricsSample | None = None
+    canary: CanaryResult | None = None
+    resources: ResourceSample | None = None
+
+
+class Observer:
+    """Turns the backend's replicas and HTTP probes into signals, one call per tick."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        client: httpx.Client,
+        canaries: Callable[[], Sequence[CanaryInput]],
+        timeout_s: float,
+        canary_interval_s: float,
+        metrics_window_s: float = 10.0,
+        restart_window_s: float = 600.0,
+        startup_grace_s: float = 120.0,
+        gpu: GpuCollector | None = None,
+    ) -> None:
+        self._backend = backend
+        self._client = client
+        self._canaries = canaries
+        self._timeout_s = timeout_s
+        self._canary_interval_s = canary_interval_s
+        self._window_s = metrics_window_s
+        self._restart_window_s = restart_window_s
+        self._startup_grace_s = startup_grace_s
+        self._gpu = gpu or GpuCollector()
+        self._memory: dict[str, _Memory] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="warden-probe")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._gpu.close()
+
+    def observe(
+        self,
+        replicas: Sequence[Replica],
+        now: float,
+        *,
+        force_canaries: bool = False,
+        canary_interval_s: float | None = None,
+    ) -> Observation:
+        """Probe ``replicas`` (in parallel) and compute every signal for this tick.
+
+        ``canary_interval_s`` overrides the configured canary interval (shorter while a
+        candidate release bakes); ``force_canaries`` runs them on every replica now.
+        """
+        interval = canary_interval_s or self._canary_interval_s
+        watched = [r for r in replicas if r.state is not ReplicaState.STOPPED]
+        for gone in set(self._memory) - {r.id for r in watched}:
+            del self._memory[gone]
+        futures = {
+            r.id: self._pool.submit(self._probe, r, self._canaries_due(r, now, force_canaries, interval))
+            for r in watched
+        }
+        probed = {slot: f.result() for slot, f in futures.items()}
+        signals: dict[str, dict[str, float]] = {}
+        reasons: dict[str, str] = {}
+        views = []
+        for r in watched:
+            mem = self._remember(r, probed[r.id], now)
+            signals[r.id] = self._replica_signals(r, probed[r.id], mem, now)
+            reason = _unhealthy_reason(r, probed[r.id])
+            if reason:
+                reasons[r.id] = reason
+            views.append(
+                ReplicaView(
+                    replica=r,
+                    health=probed[r.id].health,
+                    ready=probed[r.id].ready,
+                    canary=mem.canary,
+                    canary_at=mem.canary_at,
+                    resources=probed[r.id].resources,
+                )
+            )
+        gpu = self._gpu.collect({r.id: r.pid for r in watched if r.pid is not None})
+        for slot, values in gpu.items():
+            signals[slot].update(values)
+        signals[SERVICE] = self._service_signals(watched, signals, now)
+        return Observation(at=now, views=tuple(views), signals=signals, reasons=reasons)
+
+    def _canaries_due(self, r: Replica, now: float, force: bool, interval: float) -> bool:
+        mem = self._memory.get(r.id)
+        if mem is None or mem.canary_at is None or force:
+            return True
+        if mem.instance != (r.pid, r.started_at):
+            return True  # a new process: its old canary result says nothing about it
+        return now - mem.canary_at >= interval
+
+    def _probe(self, r: Replica, canaries_due: bool) -> _Probed:
+        resources = self._backend.resources(r) if r.state is not ReplicaState.EXITED else None
+        if r.state in (ReplicaState.EXITED, ReplicaState.MISSING):
+            return _Probed(resources=resources)
+        health = probe_health(self._client, r.url, self._timeout_s)
+        if not health.ok:
+            return _Probed(health=health, resources=resources)
+        ready = probe_ready(self._client, r.url, self._timeout_s)
+        metrics = scrape(self._client, r.url, self._timeout_s)
+        canary = None
+        if ready.ok and canaries_due:
+            canary = run_canaries(self._client, r.url, self._canaries(), self._timeout_s * 4)
+        return _Probed(
+            health=health, ready=ready, metrics=metrics, canary=canary, resources=resources
+        )
+
+    def _remember(self, r: Replica, p: _Probed, now: float) -> _Memory:
+        mem = self._memory.setdefault(r.id, _Memory())
+        instance = (r.pid, r.started_at)
+        if instance != mem.instance:
+            if mem.instance != (None, None) and r.pid is not None:
+                mem.restarts.append(now)
+            mem.instance = instance
+            mem.first_seen = now
+            mem.healthy_once = False
+            mem.health_failures = 0
+            mem.samples.clear()
+            mem.canary, mem.canary_at = None, None
+        while mem.restarts and now - mem.restarts[0] > self._restart_window_s:
+            mem.restarts.popleft()
+        if p.health is not None:
+            mem.healthy_once = mem.healthy_once or p.health.ok
+            # Like a Kubernetes startup probe: a process still starting (it has never answered
+            # /health, within the grace period) is not failing, it is not up yet.
+            starting = not mem.healthy_once and now - mem.first_seen < self._startup_grace_s
+            mem.health_failures = 0 if p.health.ok or starting else mem.health_failures + 1
+        if p.metrics is not None:
+            mem.samples.append((now, p.metrics))
+            while len(mem.samples) > 2 and now - mem.samples[1][0] >= self._window_s:
+                mem.samples.popleft()
+        if p.canary is not None:
+            mem.canary, mem.canary_at = p.canary, now
+        return mem
+
+    def _replica_signals(
+        self, r: Replica, p: _Probed, mem: _Memory, now: float
+    ) -> dict[str, float]:
+        exited = r.state in (ReplicaState.EXITED, ReplicaState.MISSING)
+        s: dict[str, float] = {
+            "exited": float(r.state is ReplicaState.EXITED),
+            "oom": float(r.oom_killed),
+            "restarts_recent": float(len(mem.restarts)),
+            "health_failures": float(mem.health_failures),
+        }
+        if exited:
+            s.update(up=0.0, ready=0.0)
+        elif p.health is not None:
+            s["up"] = float(p.health.ok)
+            s["ready"] = float(p.ready is not None and p.ready.ok)
+        if mem.canary is not None and mem.canary.items:
+            s["canary_failures"] = float(mem.canary.failures)
+            s["canary_accuracy"] = mem.canary.accuracy
+        if p.resources is not None:
+            s["cpu_percent"] = p.resources.cpu_percent
+            s["memory_percent"] = p.resources.memory_percent
+            s["memory_bytes"] = p.resources.memory_bytes
+        return s
+
+    def _service_signals(
+        self, replicas: Sequence[Replica], signals: Mapping[str, Mapping[str, float]], now: float
+    ) -> dict[str, float]:
+        pairs = []
+        spans = []
+        for r in replicas:
+            mem = self._memory.get(r.id)
+            if mem is not None and len(mem.samples) >= 2:
+                (t0, first), (t1, last) = mem.samples[0], mem.samples[-1]
+                pairs.append((first, last))
+                spans.append(t1 - t0)
+        out = aggregate(pairs, max(spans)) if pairs else {}
+        out["replicas_ready"] = float(sum(signals[r.id].get("ready", 0.0) for r in replicas))
+        return out
+
+
+def _unhealthy_reason(r: Replica, p: _Probed) -> str:
+    if r.state is ReplicaState.EXITED:
+        what = "was OOM-killed" if r.oom_killed else f"exited (code {r.exit_code})"
+        return f"{r.id} {what}"
+    if r.state is ReplicaState.MISSING:
+        return f"{r.id} is missing"
+    if p.health is not None and not p.health.ok:
+        return f"{r.id} health probe failed: {p.health.reason}"
+    if p.ready is not None and not p.ready.ok:
+        return f"{r.id} not ready: {p.ready.reason}"
+    return ""

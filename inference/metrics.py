@@ -1,0 +1,108 @@
+"""The server's Prometheus metrics (names and buckets from docs/contracts.md).
+
+Each app owns its ``CollectorRegistry``: nothing touches the global registry, so tests and several
+apps in one process never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+ENDPOINTS = frozenset({"/predict", "/health", "/ready", "/metrics", "/version", "/v1/observations"})
+OTHER_ENDPOINT = "other"  # any unknown path: keeps label cardinality bounded
+EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def endpoint_label(path: str) -> str:
+    """The ``endpoint`` label for a request path (unknown paths share one label)."""
+    return path if path in ENDPOINTS else OTHER_ENDPOINT
+
+
+class ServerMetrics:
+    """All ``inference_*`` series of one server, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.request_duration = Histogram(
+            "inference_request_duration_seconds",
+            "Time from request received to response sent, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "inference_requests",
+            "HTTP requests answered, by endpoint and status code.",
+            ["endpoint", "status"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Items per model batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "inference_batch_duration_seconds",
+            "Model time per batch (tokenise + forward + post-process).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "inference_queue_depth", "Items waiting for the model worker.", registry=registry
+        )
+        self.confidence = Histogram(
+            "inference_prediction_confidence",
+            "Top-1 probability of each prediction (tasks with labels).",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "inference_model_info",
+            "The loaded model (always 1); set once the model is ready.",
+            ["release", "model", "sha256", "task"],
+            registry=registry,
+        )
+        self.model_errors = Counter(
+            "inference_model_errors",
+            "Requests that failed because the model raised (HTTP 500).",
+            registry=registry,
+        )
+        ProcessCollector(registry=registry)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.request_duration.labels(endpoint=endpoint).observe(seconds)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Record one model batch."""
+        self.batch_size.observe(size)
+        self.batch_duration.observe(seconds)
+
+    def track_queue_depth(self, depth: Callable[[], float]) -> None:
+        """Read the queue depth from ``depth`` at every scrape."""
+        self.queue_depth.set_function(depth)
+
+    def set_model(self, *, release: str, model: str, sha256: str, task: str) -> None:
+        """Publish ``inference_model_info`` for the loaded model."""
+        self.model_info.clear()
+        self.model_info.labels(release=release, model=model, sha256=sha256, task=task).set(1)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)

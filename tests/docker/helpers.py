@@ -1,0 +1,78 @@
+"""Helpers for tests against a real Docker engine (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Replica:
+    """A running test container with its loopback URL."""
+
+    container: Any
+    port: int
+    url: str
+    image: str
+
+    def logs(self, tail: int = 60) -> str:
+        try:
+            return str(self.container.logs(tail=tail).decode("utf-8", "replace"))
+        except Exception as exc:
+            return f"(no logs: {exc})"
+
+    def status(self) -> str:
+        self.container.reload()
+        return str(self.container.status)
+
+
+def host_port(container: Any, deadline: float) -> int:
+    while True:
+        container.reload()
+        bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get("8000/tcp")
+        if bindings:
+            return int(bindings[0]["HostPort"])
+        if container.status == "exited" or time.monotonic() > deadline:
+            raise AssertionError(
+                f"container {container.name} has no published port (status {container.status})"
+            )
+        time.sleep(0.1)
+
+
+def wait_ready(replica: Replica, timeout: float = 90.0) -> dict[str, Any]:
+    """Poll ``/ready`` until 200 or ``timeout``; fail with the last reason and the logs."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    with httpx.Client(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            try:
+                response = http.get(f"{replica.url}/ready")
+                if response.status_code == 200:
+                    return dict(response.json())
+                last = f"{response.status_code} {response.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if replica.status() in {"exited", "dead"}:
+                raise AssertionError(
+                    f"{replica.image} exited before ready; last /ready: {last}\n{replica.logs()}"
+                )
+            time.sleep(0.25)
+    raise AssertionError(
+        f"{replica.image} not ready within {timeout:.0f} s; last /ready: {last}\n{replica.logs()}"
+    )
+
+
+def wait_health(docker_client: Any, replica: Replica, want: str, timeout: float) -> str:
+    """Poll ``State.Health.Status`` until ``want`` or ``timeout``; returns the last status."""
+    deadline = time.monotonic() + timeout
+    status = "none"
+    while time.monotonic() < deadline:
+        replica.container.reload()
+        status = str(replica.container.attrs["State"].get("Health", {}).get("Status", "none"))
+        if status == want:
+            return status
+        time.sleep(0.5)
+    return status

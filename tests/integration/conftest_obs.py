@@ -1,0 +1,583 @@
+"""Fixtures for the observability tests: real Prometheus, Alertmanager, agent and model server.
+
+- ``obs_tools`` (session) - paths of ``prometheus``, ``promtool`` and ``prometheus-alertmanager``.
+  Missing binaries FAIL the test under CI (env ``CI`` set) and skip it on a developer laptop
+  (install them with ``scripts/observability.sh``).
+- ``obs_stack`` (session) - the whole thing, run once for every observability test:
+  a real Alertmanager (webhook receiver: a loopback ``Sink``), a real Prometheus (1 s scrape) whose
+  inference targets come only from the agent's file_sd file, a real ``warden agent`` (process
+  backend, one replica of the packaged model) with five alert receivers, 200 ``/predict``
+  requests, then ``kill -9`` of the replica so the agent restarts it. Every wait is a poll with a
+  deadline; every process is stopped at teardown, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.integration.conftest import REPO_ROOT, START_TIMEOUT_S, free_port
+from tests.integration.polling import wait_until
+
+OBS_BINARIES = ("prometheus", "promtool", "prometheus-alertmanager")
+PROMETHEUS_DIR = REPO_ROOT / "prometheus"
+WEBHOOK_SECRET = "obs-test-secret"  # the HMAC key of the signed webhook receiver
+RELEASE = "v-obs"
+LOAD_REQUESTS = 200
+MARKER = "WARDEN_OBS_TEST_MARKER"  # set on the agent (and so its replicas) for teardown
+TEXTS = (
+    "I was charged twice this month",
+    "The app crashes when I open it",
+    "Please add dark mode",
+    "I cannot log in to my account",
+    "Refund my last payment please",
+    "The website is very slow today",
+    "Great product, thank you",
+    "My password reset email never arrives",
+)
+
+
+# --- binaries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ObsTools:
+    prometheus: str
+    promtool: str
+    alertmanager: str
+
+
+def require_binaries(names: tuple[str, ...] = OBS_BINARIES) -> dict[str, str]:
+    """Paths of ``names``; under CI a missing one fails the test, elsewhere it skips it."""
+    found = {name: shutil.which(name) for name in names}
+    missing = sorted(name for name, path in found.items() if path is None)
+    if missing:
+        message = (
+            f"{', '.join(missing)} not installed; run `sudo bash scripts/observability.sh` "
+            "(Debian packages prometheus and prometheus-alertmanager)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {message}", pytrace=False)
+        pytest.skip(message)
+    return {name: str(path) for name, path in found.items()}
+
+
+@pytest.fixture(scope="session")
+def obs_tools() -> ObsTools:
+    """The Prometheus binaries (fail under CI when missing, skip on a laptop)."""
+    paths = require_binaries()
+    return ObsTools(
+        prometheus=paths["prometheus"],
+        promtool=paths["promtool"],
+        alertmanager=paths["prometheus-alertmanager"],
+    )
+
+
+# --- a loopback HTTP receiver -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int  # what the sink answered
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Sink:
+    """A small HTTP server that records every POST. ``fail_first`` requests get a 500."""
+
+    def __init__(self, port: int = 0, *, fail_first: int = 0) -> None:
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._fail_left = fail_first
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # else keep-alive costs ~40 ms (Nagle + delayed ACK)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = sink._answer()
+                sink._record(
+                    Received(
+                        path=self.path,
+                        headers={k.lower(): v for k, v in self.headers.items()},
+                        body=body,
+                        status=status,
+                        at=time.time(),
+                    )
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # quiet: the test reports what it received
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _answer(self) -> int:
+        with self._lock:
+            if self._fail_left > 0:
+                self._fail_left -= 1
+                return 500
+            return 200
+
+    def _record(self, item: Received) -> None:
+        with self._lock:
+            self.received.append(item)
+
+    def on(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == path]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
+
+
+def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Proc:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=log_dir,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return Proc(name=name, process=process, log_path=log_path)
+
+
+def stop(proc: Proc, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``."""
+    if proc.process.poll() is None:
+        proc.process.send_signal(signal.SIGTERM)
+        try:
+            proc.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.process.kill()
+            proc.process.wait(timeout=timeout)
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process carrying ``MARKER=marker`` (replicas an agent left behind)."""
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARKER) == marker:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+
+
+def get_json(url: str, **params: Any) -> Any:
+    response = httpx.get(url, params=params, timeout=5.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def alive(proc: Proc) -> Callable[[Callable[[], bool]], Callable[[], bool]]:
+    """Wrap a condition so that it raises (with the logs) when ``proc`` died meanwhile."""
+
+    def wrap(condition: Callable[[], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            if proc.process.poll() is not None:
+                raise AssertionError(
+                    f"{proc.name} exited ({proc.process.returncode}):\n{proc.logs()}"
+                )
+            return condition()
+
+        return check
+
+    return wrap
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+
+def prometheus_query(base: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """``/api/v1/query``: the result vector (raises on a query error)."""
+    params: dict[str, Any] = {"query": expr}
+    if at is not None:
+        params["time"] = at
+    data = get_json(f"{base}/api/v1/query", **params)
+    assert data["status"] == "success", data
+    return list(data["data"]["result"])
+
+
+def prometheus_range(
+    base: str, expr: str, start: float, end: float, step: float = 1.0
+) -> list[dict[str, Any]]:
+    """``/api/v1/query_range``: the result matrix (raises on a query error)."""
+    data = get_json(f"{base}/api/v1/query_range", query=expr, start=start, end=end, step=step)
+    assert data["status"] == "success", data
+    return list(data["data"]["result"])
+
+
+def prometheus_config_for_test(
+    *, targets_file: Path, agent_address: str, prometheus_address: str
+) -> dict[str, Any]:
+    """prometheus/prometheus.yml with this test's addresses and a 1 s scrape/evaluation."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"].update(
+        {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    )
+    config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
+    config.pop("alerting", None)  # the agent's own alerts are under test, not Prometheus'
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "inference":
+            job["file_sd_configs"][0]["files"] = [str(targets_file)]
+        elif job["job_name"] == "warden-agent":
+            job["static_configs"][0]["targets"] = [agent_address]
+        elif job["job_name"] == "prometheus":
+            job["static_configs"][0]["targets"] = [prometheus_address]
+    return config
+
+
+# --- the stack ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ObsStack:
+    """Everything ``obs_stack`` started, and what happened to it."""
+
+    tools: ObsTools
+    work: Path
+    prometheus_url: str
+    alertmanager_url: str
+    agent_url: str
+    replica_url: str
+    targets_file: Path
+    prometheus_config: Path
+    am_sink: Sink  # Alertmanager's webhook receiver (path /alertmanager)
+    hook_sink: Sink  # the agent's signed webhook (/hook) and Slack (/slack) receivers
+    flaky_sink: Sink  # answers 500 twice, then 200 (/flaky)
+    late_sink: Sink  # not listening when the alert fired; started after a failed delivery
+    late_failures_before_up: int
+    started_at: float  # Prometheus started (range queries start here)
+    killed_pid: int
+    killed_at: float
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return prometheus_query(self.prometheus_url, expr)
+
+    def query_range(self, expr: str, step: float = 1.0) -> list[dict[str, Any]]:
+        return prometheus_range(self.prometheus_url, expr, self.started_at, time.time(), step)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.logs()}" for p in self.procs.values())
+
+
+def _write_agent_config(
+    work: Path,
+    *,
+    base_port: int,
+    api_port: int,
+    am_url: str,
+    hook: Sink,
+    flaky: Sink,
+    late_port: int,
+    targets_file: Path,
+) -> Path:
+    rules = work / "rules"
+    rules.mkdir()
+    # Only the health rules: the test drives one fault (kill -9 -> replica-exited -> restart).
+    shutil.copy(REPO_ROOT / "rules" / "health.yaml", rules / "health.yaml")
+    config = {
+        "service": "inference",
+        "backend": {"kind": "process", "port": base_port, "replicas": 1},
+        "release": {"tag": RELEASE},
+        "probe": {"interval": "1s", "timeout": "2s", "canary_interval": "2s"},
+        "canaries": str(REPO_ROOT / "rules" / "canaries.yaml"),
+        "rules": str(rules),
+        "state_dir": str(work / "state"),
+        "api": {"bind": f"127.0.0.1:{api_port}"},
+        "prometheus": {"file_sd": str(targets_file)},
+        "policy": {"bake": "2s", "verify_timeout": "90s"},
+        "alerts": [
+            {"kind": "alertmanager", "url": am_url},  # alertmanager-1
+            {"kind": "webhook", "url": f"{hook.url}/hook", "secret_env": "OBS_WEBHOOK_SECRET"},
+            {"kind": "webhook", "url": f"http://127.0.0.1:{late_port}/late"},  # webhook-3
+            {"kind": "webhook", "url": f"{flaky.url}/flaky"},  # webhook-4
+            {"kind": "slack", "url": f"{hook.url}/slack"},  # slack-5
+        ],
+    }
+    path = work / "warden.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _alertmanager_config(sink: Sink) -> dict[str, Any]:
+    return {
+        "route": {
+            "receiver": "sink",
+            "group_by": ["alertname", "subject"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {
+                "name": "sink",
+                "webhook_configs": [{"url": f"{sink.url}/alertmanager", "send_resolved": True}],
+            }
+        ],
+    }
+
+
+def _warden_command() -> list[str]:
+    script = Path(sys.executable).with_name("warden")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "agent"]
+
+
+def _delivery_count(agent_url: str, receiver: str, result: str) -> float:
+    text = httpx.get(f"{agent_url}/metrics", timeout=5.0).text
+    prefix = f'warden_alerts_delivered_total{{receiver="{receiver}",result="{result}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    return 0.0
+
+
+def _send_load(replica_url: str, n: int) -> list[int]:
+    """``n`` /predict requests from 8 threads (so the server batches); their status codes."""
+    with httpx.Client(timeout=30.0) as client:
+
+        def one(i: int) -> int:
+            body = {"inputs": TEXTS[i % len(TEXTS)] + f" (#{i})"}
+            return client.post(f"{replica_url}/predict", json=body).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(one, range(n)))
+
+
+@pytest.fixture(scope="session")
+def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObsStack]:
+    """Alertmanager + Prometheus + agent + replica, under load, after one kill -9 (see module)."""
+    work = tmp_path_factory.mktemp("obs")
+    marker = str(work)
+    with ExitStack() as stack:
+        stack.callback(kill_marked, marker)
+        procs: dict[str, Proc] = {}
+
+        am_sink = Sink()
+        hook_sink = Sink()
+        flaky_sink = Sink(fail_first=2)
+        stack.callback(am_sink.close)
+        stack.callback(hook_sink.close)
+        stack.callback(flaky_sink.close)
+        late_port = free_port()
+
+        # Alertmanager
+        am_port = free_port()
+        am_url = f"http://127.0.0.1:{am_port}"
+        am_config = work / "alertmanager.yml"
+        am_config.write_text(yaml.safe_dump(_alertmanager_config(am_sink)))
+        (work / "am-data").mkdir()
+        procs["alertmanager"] = am = spawn(
+            "alertmanager",
+            [
+                obs_tools.alertmanager,
+                f"--config.file={am_config}",
+                f"--storage.path={work / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                "--cluster.listen-address=",
+            ],
+            work,
+        )
+        stack.callback(stop, am)
+
+        # Prometheus: no inference target until the agent writes the file_sd file
+        prom_port, api_port, base_port = free_port(), free_port(), free_port()
+        prom_url = f"http://127.0.0.1:{prom_port}"
+        agent_url = f"http://127.0.0.1:{api_port}"
+        targets_file = work / "file_sd" / "inference.json"
+        targets_file.parent.mkdir()
+        targets_file.write_text("[]\n")
+        prom_config = work / "prometheus.yml"
+        prom_config.write_text(
+            yaml.safe_dump(
+                prometheus_config_for_test(
+                    targets_file=targets_file,
+                    agent_address=f"127.0.0.1:{api_port}",
+                    prometheus_address=f"127.0.0.1:{prom_port}",
+                ),
+                sort_keys=False,
+            )
+        )
+        started_at = time.time()
+        procs["prometheus"] = prom = spawn(
+            "prometheus",
+            [
+                obs_tools.prometheus,
+                f"--config.file={prom_config}",
+                f"--storage.tsdb.path={work / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--log.level=warn",
+            ],
+            work,
+        )
+        stack.callback(stop, prom)
+
+        # The agent, which starts the replica (python -m inference) itself
+        agent_config = _write_agent_config(
+            work,
+            base_port=base_port,
+            api_port=api_port,
+            am_url=am_url,
+            hook=hook_sink,
+            flaky=flaky_sink,
+            late_port=late_port,
+            targets_file=targets_file,
+        )
+        procs["agent"] = agent = spawn(
+            "agent",
+            [*_warden_command(), "agent", "--config", str(agent_config)],
+            work,
+            env={
+                "PYTHONPATH": str(REPO_ROOT),
+                "OBS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                MARKER: marker,
+            },
+        )
+        stack.callback(stop, agent)
+
+        def logs() -> str:
+            return "\n".join(f"--- {p.name} ---\n{p.logs()}" for p in procs.values())
+
+        wait_until(alive(am)(lambda: answers(f"{am_url}/-/ready")), timeout=30,
+                   what="Alertmanager ready", logs=logs)  # fmt: skip
+        wait_until(alive(prom)(lambda: answers(f"{prom_url}/-/ready")), timeout=30,
+                   what="Prometheus ready", logs=logs)  # fmt: skip
+
+        def status() -> dict[str, Any]:
+            return dict(get_json(f"{agent_url}/api/status"))
+
+        def replica_ready() -> bool:
+            try:
+                replicas = status()["replicas"]
+            except httpx.HTTPError:
+                return False
+            return bool(replicas) and all(r["ready"] for r in replicas)
+
+        wait_until(alive(agent)(replica_ready), timeout=START_TIMEOUT_S,
+                   what="the agent's replica to be ready", logs=logs)  # fmt: skip
+        wait_until(alive(agent)(lambda: status()["last_good_release"] == RELEASE), timeout=60,
+                   what=f"{RELEASE} promoted good after its bake", logs=logs)  # fmt: skip
+
+        def has(expr: str) -> Callable[[], bool]:
+            return lambda: bool(prometheus_query(prom_url, expr))
+
+        wait_until(has('up{job="inference",replica="inference-1"} == 1'), timeout=30,
+                   what="Prometheus scraping the replica found through file_sd",
+                   logs=logs)  # fmt: skip
+
+        replica = status()["replicas"][0]
+        codes = _send_load(replica["url"], LOAD_REQUESTS)
+        assert codes == [200] * LOAD_REQUESTS, sorted(set(codes))
+        scraped = 'sum(inference_requests_total{endpoint="/predict",status="200"})'
+        wait_until(has(f"{scraped} >= {LOAD_REQUESTS}"), timeout=30,
+                   what="Prometheus to scrape the load", logs=logs)  # fmt: skip
+
+        # The fault: kill -9 the replica; the agent sees the exit and restarts it.
+        killed_pid = int(replica["pid"])
+        killed_at = time.time()
+        os.kill(killed_pid, signal.SIGKILL)
+
+        # The late receiver comes up only after a delivery to it failed.
+        wait_until(alive(agent)(lambda: _delivery_count(agent_url, "webhook-3", "failed") >= 1),
+                   timeout=30, what="a failed delivery to the receiver that is down",
+                   logs=logs)  # fmt: skip
+        late_failures = int(_delivery_count(agent_url, "webhook-3", "failed"))
+        late_sink = Sink(late_port)
+        stack.callback(late_sink.close)
+
+        def restarted() -> bool:
+            replicas = status()["replicas"]
+            return bool(replicas) and all(r["ready"] and r["pid"] != killed_pid for r in replicas)
+
+        wait_until(alive(agent)(restarted), timeout=START_TIMEOUT_S,
+                   what="the agent to restart the killed replica", logs=logs)  # fmt: skip
+        recovered = (
+            'warden_actions_total{action="restart",result="verified"}'
+            " and on() (warden_time_to_recover_seconds_count > 0)"
+            ' and on() (up{job="inference"} == 1)'
+        )
+        wait_until(has(recovered), timeout=60,
+                   what="Prometheus to see the verified restart", logs=logs)  # fmt: skip
+
+        yield ObsStack(
+            tools=obs_tools,
+            work=work,
+            prometheus_url=prom_url,
+            alertmanager_url=am_url,
+            agent_url=agent_url,
+            replica_url=str(replica["url"]),
+            targets_file=targets_file,
+            prometheus_config=prom_config,
+            am_sink=am_sink,
+            hook_sink=hook_sink,
+            flaky_sink=flaky_sink,
+            late_sink=late_sink,
+            late_failures_before_up=late_failures,
+            started_at=started_at,
+            killed_pid=killed_pid,
+            killed_at=killed_at,
+            procs=procs,
+        )
