@@ -60,7 +60,9 @@ class Receiver:
 class Outbox(Protocol):
     """The part of the state store the alert sender needs."""
 
-    def enqueue_alert(self, receiver: str, payload: dict[str, Any], dedupe_key: str) -> None: ...
+    def enqueue_alert(
+        self, receiver: str, payload: dict[str, Any], dedupe_key: str, now: float = 0.0
+    ) -> None: ...
 
 
 def _iso(ts: float) -> str:
@@ -188,11 +190,11 @@ def receivers_from_config(alerts: Sequence[Any], *, generator_url: str = "") -> 
     return out
 
 
-def enqueue(outbox: Outbox, receivers: Sequence[Receiver], alert: Alert) -> None:
+def enqueue(outbox: Outbox, receivers: Sequence[Receiver], alert: Alert, now: float) -> None:
     """Write ``alert`` to the outbox once per receiver (deduplicated on state change)."""
     for receiver in receivers:
         key = f"{receiver.name}:{alert.fingerprint}:{alert.status}:{alert.starts_at}"
-        outbox.enqueue_alert(receiver.name, alert_to_dict(alert), key)
+        outbox.enqueue_alert(receiver.name, alert_to_dict(alert), key, now)
 
 
 def backoff_s(attempts: int) -> float:

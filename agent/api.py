@@ -47,7 +47,9 @@ def create_api(agent: Agent, *, token: str | None, read_open: bool = True) -> Fa
     def _check(authorization: str | None) -> None:
         if token is None:
             raise HTTPException(403, "no API token is configured; set WARDEN_TOKEN and restart")
-        presented = (authorization or "").removeprefix("Bearer ").strip()
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            presented = ""
         if not hmac.compare_digest(presented.encode(), token.encode()):
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}

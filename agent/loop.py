@@ -463,7 +463,7 @@ class Agent:
             service=self.settings.service,
             release=self._desired().release,
         )
-        alerting.enqueue(self.store, self.receivers, alert)
+        alerting.enqueue(self.store, self.receivers, alert, now)
         if status == "firing":
             self.mem.alerted[(name, subject)] = start
 

@@ -123,7 +123,9 @@ class Observer:
         for gone in set(self._memory) - {r.id for r in watched}:
             del self._memory[gone]
         futures = {
-            r.id: self._pool.submit(self._probe, r, self._canaries_due(r, now, force_canaries, interval))
+            r.id: self._pool.submit(
+                self._probe, r, self._canaries_due(r, now, force_canaries, interval)
+            )
             for r in watched
         }
         probed = {slot: f.result() for slot, f in futures.items()}

@@ -7,8 +7,10 @@ the batching queue. ``warden serve`` calls ``main`` with the same flags.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 
@@ -21,11 +23,30 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("inference")
 
 
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but a graceful shutdown on SIGTERM/SIGINT ends with exit status 0.
+
+    uvicorn re-raises the captured signal after shutting down, so the process would die "killed by
+    SIGTERM" even though it drained cleanly; a supervisor would then count an orderly stop as a
+    crash. Forgetting the captured signal lets ``main`` return 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                for captured in self._captured_signals:
+                    log.info("%s received: shut down gracefully", signal.Signals(captured).name)
+                self._captured_signals.clear()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it never started."""
     settings = parse_settings(list(argv) if argv is not None else None)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    server = uvicorn.Server(uvicorn_config(settings))
+    server = GracefulServer(uvicorn_config(settings))
     log.info(
         "starting release %s on http://%s:%d (model loads in the background; see /ready)",
         *(settings.release, settings.host, settings.port),

@@ -47,7 +47,10 @@ class RunningAgent:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agent", "agent", "--config", str(self.config_path)],
-                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def kill(self) -> None:
@@ -74,8 +77,12 @@ class RunningAgent:
         return httpx.get(self.api + path, timeout=5.0).json()
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(self.api + path, json=body, timeout=10.0,
-                          headers={"Authorization": f"Bearer {self.token}"})
+        return httpx.post(
+            self.api + path,
+            json=body,
+            timeout=10.0,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get("/api/status")
@@ -95,8 +102,9 @@ class RunningAgent:
         result: list[dict[str, Any]] = self.get("/api/actions")["actions"]
         return result
 
-    def wait(self, condition: Callable[[dict[str, Any]], bool], what: str,
-             timeout: float = 90.0) -> dict[str, Any]:
+    def wait(
+        self, condition: Callable[[dict[str, Any]], bool], what: str, timeout: float = 90.0
+    ) -> dict[str, Any]:
         """Poll /api/status until ``condition(status)`` holds; return that status."""
         found: dict[str, Any] = {}
 
@@ -115,10 +123,14 @@ class RunningAgent:
     def wait_serving(self, release: str, timeout: float = AGENT_START_S) -> dict[str, Any]:
         """Until every replica runs ``release`` and is ready."""
         return self.wait(
-            lambda s: bool(s["replicas"]) and all(
-                r["ready"] and r["release"] == release for r in s["replicas"])
-            and len(s["replicas"]) == s["desired_replicas"],
-            f"all replicas ready on {release}", timeout)
+            lambda s: (
+                bool(s["replicas"])
+                and all(r["ready"] and r["release"] == release for r in s["replicas"])
+                and len(s["replicas"]) == s["desired_replicas"]
+            ),
+            f"all replicas ready on {release}",
+            timeout,
+        )
 
     def replica_pids(self) -> list[int]:
         return [r["pid"] for r in self.status()["replicas"] if r["pid"]]
@@ -159,14 +171,19 @@ def healing_rules(root: Path) -> Path:
 
 
 @contextmanager
-def running_agent(root: Path, *, rules: Path | None = None,
-                  extra: dict[str, Any] | None = None) -> Iterator[RunningAgent]:
+def running_agent(
+    root: Path, *, rules: Path | None = None, extra: dict[str, Any] | None = None
+) -> Iterator[RunningAgent]:
     """Start an agent in ``root``; always stop it and every replica it started."""
     config_path = write_config(root, rules=rules or healing_rules(root), extra=extra)
     config = yaml.safe_load(config_path.read_text())
-    agent = RunningAgent(root=root, config_path=config_path,
-                         api=f"http://{config['api']['bind']}",
-                         server_port=config["backend"]["port"], token="test-token")
+    agent = RunningAgent(
+        root=root,
+        config_path=config_path,
+        api=f"http://{config['api']['bind']}",
+        server_port=config["backend"]["port"],
+        token="test-token",
+    )
     agent.start()
     try:
         yield agent
@@ -197,8 +214,7 @@ def swapped_intents(path: Path) -> Path:
     whose model serves fine but answers wrongly (its canaries fail)."""
     data = yaml.safe_load((REPO_ROOT / "inference" / "intents.yaml").read_text())
     labels = [i["label"] for i in data["intents"]]
-    swap = {labels[0]: labels[1], labels[1]: labels[0], labels[2]: labels[3],
-            labels[3]: labels[2]}
+    swap = {labels[0]: labels[1], labels[1]: labels[0], labels[2]: labels[3], labels[3]: labels[2]}
     for intent in data["intents"]:
         intent["label"] = swap[intent["label"]]
     path.write_text(yaml.safe_dump(data))

@@ -42,6 +42,13 @@ PROMETHEUS_DIR = REPO_ROOT / "prometheus"
 WEBHOOK_SECRET = "obs-test-secret"  # the HMAC key of the signed webhook receiver
 RELEASE = "v-obs"
 LOAD_REQUESTS = 200
+RESTARTED_RULE = """\
+rules:
+  - name: restarted-recently
+    when: restarts_recent >= 1
+    severity: info
+    actions: [alert]
+"""
 MARKER = "WARDEN_OBS_TEST_MARKER"  # set on the agent (and so its replicas) for teardown
 TEXTS = (
     "I was charged twice this month",
@@ -339,6 +346,9 @@ def _write_agent_config(
     rules.mkdir()
     # Only the health rules: the test drives one fault (kill -9 -> replica-exited -> restart).
     shutil.copy(REPO_ROOT / "rules" / "health.yaml", rules / "health.yaml")
+    # replica-exited resolves within a second of the restart; this rule keeps firing for the
+    # restart window, so Prometheus' 1 s scrape surely sees a rule firing (the rule-state panels).
+    (rules / "restarts.yaml").write_text(RESTARTED_RULE)
     config = {
         "service": "inference",
         "backend": {"kind": "process", "port": base_port, "replicas": 1},
@@ -501,6 +511,12 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
         def logs() -> str:
             return "\n".join(f"--- {p.name} ---\n{p.logs()}" for p in procs.values())
 
+        timeline = work / "timeline.txt"  # how long each phase took, for slow CI machines
+
+        def mark(what: str) -> None:
+            with timeline.open("a") as f:
+                f.write(f"{time.time() - started_at:7.1f} s  {what}\n")
+
         wait_until(alive(am)(lambda: answers(f"{am_url}/-/ready")), timeout=30,
                    what="Alertmanager ready", logs=logs)  # fmt: skip
         wait_until(alive(prom)(lambda: answers(f"{prom_url}/-/ready")), timeout=30,
@@ -516,8 +532,10 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
                 return False
             return bool(replicas) and all(r["ready"] for r in replicas)
 
+        mark("Alertmanager and Prometheus ready")
         wait_until(alive(agent)(replica_ready), timeout=START_TIMEOUT_S,
                    what="the agent's replica to be ready", logs=logs)  # fmt: skip
+        mark("replica ready")
         wait_until(alive(agent)(lambda: status()["last_good_release"] == RELEASE), timeout=60,
                    what=f"{RELEASE} promoted good after its bake", logs=logs)  # fmt: skip
 
@@ -528,6 +546,7 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
                    what="Prometheus scraping the replica found through file_sd",
                    logs=logs)  # fmt: skip
 
+        mark("release good, replica scraped")
         replica = status()["replicas"][0]
         codes = _send_load(replica["url"], LOAD_REQUESTS)
         assert codes == [200] * LOAD_REQUESTS, sorted(set(codes))
@@ -535,6 +554,7 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
         wait_until(has(f"{scraped} >= {LOAD_REQUESTS}"), timeout=30,
                    what="Prometheus to scrape the load", logs=logs)  # fmt: skip
 
+        mark("load sent and scraped")
         # The fault: kill -9 the replica; the agent sees the exit and restarts it.
         killed_pid = int(replica["pid"])
         killed_at = time.time()
@@ -552,8 +572,10 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
             replicas = status()["replicas"]
             return bool(replicas) and all(r["ready"] and r["pid"] != killed_pid for r in replicas)
 
+        mark("late receiver up")
         wait_until(alive(agent)(restarted), timeout=START_TIMEOUT_S,
                    what="the agent to restart the killed replica", logs=logs)  # fmt: skip
+        mark("replica restarted and ready")
         recovered = (
             'warden_actions_total{action="restart",result="verified"}'
             " and on() (warden_time_to_recover_seconds_count > 0)"
@@ -562,6 +584,7 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
         wait_until(has(recovered), timeout=60,
                    what="Prometheus to see the verified restart", logs=logs)  # fmt: skip
 
+        mark("Prometheus saw the verified restart")
         yield ObsStack(
             tools=obs_tools,
             work=work,

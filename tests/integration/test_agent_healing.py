@@ -38,12 +38,14 @@ def test_killed_replica_is_restarted_and_the_audit_says_why(tmp_path: Path) -> N
         os.kill(old_pid, signal.SIGKILL)
         healed = agent.wait(
             lambda s: s["replicas"][0]["ready"] and s["replicas"][0]["pid"] not in (None, old_pid),
-            "the killed replica to be restarted and ready")
+            "the killed replica to be restarted and ready",
+        )
         assert healed["replicas"][0]["release"] == "v1"
         restarts = _decisions(agent, "restart")
         assert [r["rule"] for r in restarts] == ["replica-exited"]
         assert restarts[0]["reason"] == (
-            "restart inference-1: inference-1 exited (rule replica-exited)")
+            "restart inference-1: inference-1 exited (rule replica-exited)"
+        )
         agent.wait(lambda s: not s["in_flight"], "the restart to be verified")
         (action,) = [a for a in agent.actions() if a["kind"] == "restart"]
         assert action["status"] == "verified"
@@ -56,7 +58,8 @@ def test_hung_replica_is_detected_by_health_timeouts_and_restarted(tmp_path: Pat
         os.kill(old_pid, signal.SIGSTOP)
         agent.wait(
             lambda s: s["replicas"][0]["ready"] and s["replicas"][0]["pid"] not in (None, old_pid),
-            "the hung replica to be replaced by a ready one")
+            "the hung replica to be replaced by a ready one",
+        )
         (restart,) = _decisions(agent, "restart")
         assert restart["rule"] == "health-failures"
         assert "health failed 3 times in a row" in restart["reason"]
@@ -69,9 +72,15 @@ def test_bad_release_is_reverted_to_last_good_and_marked_bad(tmp_path: Path) -> 
         _good(agent, "v1")
         resp = agent.post("/api/deploy", {"tag": "v2", "args": ["--intents", str(bad_intents)]})
         assert resp.status_code == 202, resp.text
-        agent.wait(lambda s: s["current_release"] == "v1" and not s["in_flight"]
-                   and s["replicas"][0]["ready"] and s["replicas"][0]["release"] == "v1",
-                   "the bad release to be reverted to v1")
+        agent.wait(
+            lambda s: (
+                s["current_release"] == "v1"
+                and not s["in_flight"]
+                and s["replicas"][0]["ready"]
+                and s["replicas"][0]["release"] == "v1"
+            ),
+            "the bad release to be reverted to v1",
+        )
         releases = {r["tag"]: r for r in agent.get("/api/releases")["releases"]}
         assert releases["v2"]["status"] == "bad"
         assert releases["v1"]["status"] == "good"
@@ -89,9 +98,15 @@ def test_release_that_cannot_load_its_model_is_reverted(tmp_path: Path) -> None:
         _good(agent, "v1")
         resp = agent.post("/api/deploy", {"tag": "v3", "model": str(broken)})
         assert resp.status_code == 202, resp.text
-        agent.wait(lambda s: s["current_release"] == "v1" and not s["in_flight"]
-                   and s["replicas"][0]["ready"] and s["replicas"][0]["release"] == "v1",
-                   "the broken release to be reverted to v1")
+        agent.wait(
+            lambda s: (
+                s["current_release"] == "v1"
+                and not s["in_flight"]
+                and s["replicas"][0]["ready"]
+                and s["replicas"][0]["release"] == "v1"
+            ),
+            "the broken release to be reverted to v1",
+        )
         releases = {r["tag"]: r for r in agent.get("/api/releases")["releases"]}
         assert releases["v3"]["status"] == "bad"
         assert len(_decisions(agent, "rollback")) == 1
@@ -111,7 +126,8 @@ def test_invalid_rules_edit_keeps_the_last_valid_set_and_healing_goes_on(
         os.kill(old_pid, signal.SIGKILL)
         agent.wait(
             lambda s: s["replicas"][0]["ready"] and s["replicas"][0]["pid"] not in (None, old_pid),
-            "the kept replica-exited rule to restart the replica")
+            "the kept replica-exited rule to restart the replica",
+        )
         assert [r["rule"] for r in _decisions(agent, "restart")] == ["replica-exited"]
 
 
@@ -121,13 +137,22 @@ def test_agent_killed_during_a_revert_finishes_it_exactly_once(tmp_path: Path) -
         agent.wait_serving("v1")
         _good(agent, "v1")
         agent.post("/api/deploy", {"tag": "v2", "args": ["--intents", str(bad_intents)]})
-        agent.wait(lambda s: any(a["kind"] == "rollback" for a in s["in_flight"]),
-                   "the rollback to start", timeout=90)
+        agent.wait(
+            lambda s: any(a["kind"] == "rollback" for a in s["in_flight"]),
+            "the rollback to start",
+            timeout=90,
+        )
         agent.kill()
         agent.start()
-        agent.wait(lambda s: s["current_release"] == "v1" and not s["in_flight"]
-                   and s["replicas"][0]["ready"] and s["replicas"][0]["release"] == "v1",
-                   "the restarted agent to finish the revert")
+        agent.wait(
+            lambda s: (
+                s["current_release"] == "v1"
+                and not s["in_flight"]
+                and s["replicas"][0]["ready"]
+                and s["replicas"][0]["release"] == "v1"
+            ),
+            "the restarted agent to finish the revert",
+        )
         rollbacks = [a for a in agent.actions() if a["kind"] == "rollback"]
         assert [a["status"] for a in rollbacks] == ["verified"]
         assert len(_decisions(agent, "rollback")) == 1

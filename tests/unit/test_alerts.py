@@ -57,10 +57,12 @@ class RecordingOutbox:
     """An Outbox that records every ``enqueue_alert`` call."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, dict[str, Any], str]] = []
+        self.rows: list[tuple[str, dict[str, Any], str, float]] = []
 
-    def enqueue_alert(self, receiver: str, payload: dict[str, Any], dedupe_key: str) -> None:
-        self.rows.append((receiver, payload, dedupe_key))
+    def enqueue_alert(
+        self, receiver: str, payload: dict[str, Any], dedupe_key: str, now: float = 0.0
+    ) -> None:
+        self.rows.append((receiver, payload, dedupe_key, now))
 
 
 class Endpoint:
@@ -255,11 +257,11 @@ def test_enqueue_writes_one_row_per_receiver() -> None:
     outbox = RecordingOutbox()
     receivers = [WEBHOOK, Receiver(name="am", kind="alertmanager", url="http://am:9093")]
 
-    enqueue(outbox, receivers, FIRING)
+    enqueue(outbox, receivers, FIRING, T0)
 
-    assert [(r, p, k) for r, p, k in outbox.rows] == [
-        ("hook", alert_to_dict(FIRING), "hook:latency-p95/service:firing:1700000000.0"),
-        ("am", alert_to_dict(FIRING), "am:latency-p95/service:firing:1700000000.0"),
+    assert outbox.rows == [
+        ("hook", alert_to_dict(FIRING), "hook:latency-p95/service:firing:1700000000.0", T0),
+        ("am", alert_to_dict(FIRING), "am:latency-p95/service:firing:1700000000.0", T0),
     ]
 
 
@@ -268,8 +270,8 @@ def test_enqueue_into_the_state_store_dedupes_the_same_state_change_per_receiver
 ) -> None:
     receivers = [WEBHOOK, Receiver(name="am", kind="alertmanager", url="http://am:9093")]
     with StateStore(tmp_path) as store:
-        enqueue(store, receivers, FIRING)
-        enqueue(store, receivers, FIRING)  # the same tick replayed after a crash
+        enqueue(store, receivers, FIRING, T0)
+        enqueue(store, receivers, FIRING, T0)  # the same tick replayed after a crash
 
         rows = store.due_alerts(now=T0)
 
@@ -285,8 +287,8 @@ def test_enqueue_keeps_firing_and_resolved_apart(tmp_path: Path) -> None:
         summary="resolved", starts_at=FIRING.starts_at, ends_at=T0 + 60.0,
     )  # fmt: skip
     with StateStore(tmp_path) as store:
-        enqueue(store, [WEBHOOK], FIRING)
-        enqueue(store, [WEBHOOK], resolved)
+        enqueue(store, [WEBHOOK], FIRING, T0)
+        enqueue(store, [WEBHOOK], resolved, T0)
 
         rows = store.due_alerts(now=T0)
 

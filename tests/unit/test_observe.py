@@ -252,14 +252,50 @@ def test_health_failures_count_consecutive_failed_probes_and_reset_on_success(
     observer: Observer, servers: Servers
 ) -> None:
     server = servers.add(8000)
+    observer.observe([replica()], T0)  # answered /health once: it has started
     server.healthy = False
     counts = []
-    for tick in range(3):
+    for tick in range(1, 4):
         counts.append(observe_at(observer, [replica()], T0 + tick)["health_failures"])
     server.healthy = True
-    counts.append(observe_at(observer, [replica()], T0 + 3)["health_failures"])
+    counts.append(observe_at(observer, [replica()], T0 + 4)["health_failures"])
 
     assert counts == [1.0, 2.0, 3.0, 0.0]
+
+
+def test_a_starting_process_is_not_failing_health_within_the_startup_grace(
+    observer: Observer, servers: Servers
+) -> None:
+    servers.add(8000).healthy = False  # never answered /health yet
+
+    counts = [observe_at(observer, [replica()], T0 + at)["health_failures"] for at in (0.0, 119.0)]
+
+    assert counts == [0.0, 0.0]
+
+
+def test_a_process_that_never_answers_health_fails_after_the_startup_grace(
+    observer: Observer, servers: Servers
+) -> None:
+    servers.add(8000).healthy = False
+    observer.observe([replica()], T0)
+
+    signals = observe_at(observer, [replica()], T0 + 120.0)
+
+    assert (signals["up"], signals["health_failures"]) == (0.0, 1.0)
+
+
+def test_a_new_process_instance_starts_its_health_failures_from_zero(
+    observer: Observer, servers: Servers
+) -> None:
+    server = servers.add(8000)
+    observer.observe([replica()], T0)
+    server.healthy = False
+    observer.observe([replica()], T0 + 1)
+    observer.observe([replica()], T0 + 2)
+
+    signals = observe_at(observer, [replica(pid=101, started_at=T0 + 3)], T0 + 3)
+
+    assert signals["health_failures"] == 0.0
 
 
 def test_a_failed_health_probe_gives_up_0_ready_0_and_the_probe_reason(
