@@ -26,7 +26,7 @@ from agent.backends.base import Backend
 from agent.canaries import load_canaries
 from agent.clock import Clock, SystemClock
 from agent.config import WardenConfig, is_loopback
-from agent.errors import ConfigError, WardenError
+from agent.errors import BackendError, ConfigError, WardenError
 from agent.file_sd import TargetFile
 from agent.loop import Agent, AgentSettings
 from agent.metrics import AgentMetrics
@@ -56,6 +56,14 @@ def make_backend(cfg: WardenConfig, clock: Clock) -> Backend:
             grace_s=5.0,
             clock=clock,
         )
+    if kind == "docker":
+        from agent.backends.docker_backend import DockerBackend
+
+        return DockerBackend.from_config(cfg, clock=clock)
+    if kind == "swarm":
+        from agent.backends.docker_swarm import SwarmBackend
+
+        return SwarmBackend.from_config(cfg, clock=clock)
     raise ConfigError([f"backend: kind {kind!r} is not available in this build"])
 
 
@@ -220,7 +228,10 @@ class Runtime:
                 return
             self._retime(report.next_interval_s)
             if self._targets is not None:  # Prometheus file_sd: scrape what runs now
-                self._targets.update(self.agent.backend.list_replicas())
+                try:
+                    self._targets.update(self.agent.backend.list_replicas())
+                except BackendError as exc:  # engine down: the tick said so; keep the file
+                    log.debug("file_sd not updated: %s", exc)
             if not self._wake.is_set():
                 return
 

@@ -108,6 +108,7 @@ class BackendSettings(_Section):
     env: Annotated[dict[str, str], BeforeValidator(_env_values)] = Field(default_factory=dict)
     memory_limit_bytes: ByteSize = Field(None, alias="memory_limit")
     cpus: float | None = Field(None, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)  # docker: extra labels on all it creates
 
     @model_validator(mode="after")
     def _replicas_fit(self) -> BackendSettings:
@@ -276,6 +277,10 @@ class WardenConfig(_Section):
 
     service: Annotated[str, _matches(_SERVICE, 'lowercase letters, digits, "_", "." and "-"')] = (
         "inference"
+    )
+    # docker: label warden.project=<project> scopes the containers this agent owns
+    project: Annotated[str, _matches(_SERVICE, 'lowercase letters, digits, "_", "." and "-"')] = (
+        "warden"
     )
     backend: BackendSettings = Field(default_factory=BackendSettings)
     release: ReleaseSettings = Field(default_factory=ReleaseSettings)

@@ -50,6 +50,7 @@ class ProbeResult:
     latency_s: float
     reason: str = ""
     status_code: int | None = None
+    permanent: bool = False  # the target says it will not recover by itself (model load failed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,7 +18,7 @@ from agent.audit import AuditLog, decision_record
 from agent.backends.base import Backend, ReleaseSpec
 from agent.clock import Clock
 from agent.domain import SERVICE, ActionKind, Decision, Firing, Snapshot
-from agent.errors import StateError, WardenError
+from agent.errors import BackendError, StateError, WardenError
 from agent.evaluate import evaluate
 from agent.metrics import AgentMetrics
 from agent.observe import Observation, Observer
@@ -75,6 +75,7 @@ class _Memory:
     last_firing: tuple[Firing, ...] = ()
     firing_keys: frozenset[tuple[str, str]] = frozenset()
     tick_count: int = 0
+    engine_problem: str = ""  # set while the backend's engine cannot be reached
 
 
 class Agent:
@@ -146,9 +147,39 @@ class Agent:
     # --- the tick ------------------------------------------------------------------------------
 
     def tick(self) -> TickReport:
-        """Observe, evaluate, decide, act, verify and record once."""
+        """Observe, evaluate, decide, act, verify and record once.
+
+        An engine that cannot be reached (``BackendError`` from the backend, e.g. dockerd
+        restarting) makes a tick that changes nothing and reports why; the next one retries.
+        """
         with self.lock:
-            return self._tick()
+            try:
+                report = self._tick()
+            except BackendError as exc:
+                return self._engine_unreachable(exc)
+            if self.mem.engine_problem:
+                log.warning("the engine answers again; ticks resume")
+                self.mem.engine_problem = ""
+            return report
+
+    def _engine_unreachable(self, exc: BackendError) -> TickReport:
+        """A tick that did nothing because the engine failed; said once per outage."""
+        now, problem = self.clock.now(), f"engine unreachable: {exc}"
+        if not self.mem.engine_problem:
+            log.error("%s; retrying every tick", problem)
+            self.store.record_event(
+                at=now, kind="engine-unreachable", subject=SERVICE, message=problem
+            )
+        self.mem.engine_problem = problem
+        return TickReport(
+            at=now,
+            firing=(),
+            decisions=(),
+            steps=(),
+            verified=(),
+            problems=(problem,),
+            next_interval_s=self.settings.interval_s,
+        )
 
     def _tick(self) -> TickReport:
         now = self.clock.now()
@@ -389,7 +420,8 @@ class Agent:
         if d.action is None or (d.dry_run and d.action is not ActionKind.ALERT):
             return ""
         if d.action is ActionKind.ALERT:
-            self._alert(d.rule, d.subject, d.reason, now, severity=self._severity(d.rule))
+            summary = d.reason.removeprefix("alert: ")  # the decision's verb is not news
+            self._alert(d.rule, d.subject, summary, now, severity=self._severity(d.rule))
             return ""
         desired = self._desired()
         if d.action is ActionKind.FREEZE:

@@ -221,6 +221,7 @@ class Observer:
         elif p.health is not None:
             s["up"] = float(p.health.ok)
             s["ready"] = float(p.ready is not None and p.ready.ok)
+            s["load_failed"] = float(p.ready is not None and p.ready.permanent)
         if mem.canary is not None and mem.canary.items:
             s["canary_failures"] = float(mem.canary.failures)
             s["canary_accuracy"] = mem.canary.accuracy

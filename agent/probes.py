@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
@@ -75,7 +75,8 @@ def probe_ready(client: httpx.Client, base_url: str, timeout_s: float) -> ProbeR
     if not isinstance(body, dict) or not isinstance(body.get("ready"), bool):
         return _failed(reply, f"unexpected body: {_short(body)}")
     if not body["ready"] or reply.status_code != 200:
-        return _failed(reply, f"not ready: {body.get('reason') or 'no reason given'}")
+        failed = _failed(reply, f"not ready: {body.get('reason') or 'no reason given'}")
+        return replace(failed, permanent=body.get("failed") is True)
     return ProbeResult(ok=True, latency_s=reply.latency_s, status_code=reply.status_code)
 
 

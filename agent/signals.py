@@ -256,6 +256,9 @@ _ALL = (
           true_text="exited", false_text="running"),
     _spec("oom", Unit.BOOL, _R, "OOM", "1 when the replica's last exit was an out-of-memory kill",
           true_text="was OOM-killed", false_text="was not OOM-killed"),
+    _spec("load_failed", Unit.BOOL, _R, "model load", "1 when the server says its model failed "
+          "to load (it will not become ready by itself)", true_text="failed",
+          false_text="did not fail"),
     _spec("health_failures", Unit.COUNT, _R, "health failed", "consecutive failed health probes"),
     _spec("canary_failures", Unit.COUNT, _R, "canary failures",
           "golden-set items that failed in the last canary run"),

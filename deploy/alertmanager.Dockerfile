@@ -4,6 +4,8 @@
 ARG BASE_IMAGE=local/bookworm-py:base
 FROM ${BASE_IMAGE}
 COPY alertmanager /bin/alertmanager
+# Debian builds Alertmanager to read its default templates and UI from here.
+COPY share/ /usr/share/prometheus/alertmanager/
 RUN mkdir -p /alertmanager /etc/alertmanager && chown 65534:65534 /alertmanager
 USER 65534:65534
 WORKDIR /alertmanager

@@ -5,6 +5,7 @@
 ARG BASE_IMAGE=local/bookworm-py:base
 FROM ${BASE_IMAGE}
 COPY prometheus /bin/prometheus
+COPY share/ /usr/share/prometheus/web/
 RUN mkdir -p /prometheus /etc/prometheus && chown 65534:65534 /prometheus
 USER 65534:65534
 WORKDIR /prometheus

@@ -119,7 +119,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def ready() -> JSONResponse:
         if runtime.ready:
             return JSONResponse({"ready": True, "release": settings.release})
-        body = {"ready": False, "reason": runtime.reason, "release": settings.release}
+        body = {
+            "ready": False,
+            "reason": runtime.reason,
+            "failed": runtime.failed,  # True: it will not become ready without a restart/fix
+            "release": settings.release,
+        }
         return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
     @app.get("/version")

@@ -45,6 +45,9 @@ Environment (defaults in brackets):
   WARDEN_TAG               tag of the normal inference image [good]
   WARDEN_AGENT_TAG         tag of the agent image [latest]
   WARDEN_PYTHON            python used for `pip download` (must be 3.11) [python3]
+  WARDEN_DOCKERD_ARGS      extra dockerd flags when this script starts the engine []
+  WARDEN_ENGINE_ENV_FILE   where the export lines go [REPO/.warden-engine.env]
+  (also WARDEN_DOCKER_EXEC_ROOT [/run/warden-docker], WARDEN_DOCKER_PIDFILE [/run/warden-docker.pid])
 
 Afterwards:  . ./.warden-engine.env   (exports DOCKER_HOST, WARDEN_DOCKER_SOCK, WARDEN_DOCKER_GID)
 EOF
@@ -73,7 +76,9 @@ MIRROR=${WARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TAG=${WARDEN_TAG:-good}
 AGENT_TAG=${WARDEN_AGENT_TAG:-latest}
 PY=${WARDEN_PYTHON:-python3}
-ENV_FILE=$REPO/.warden-engine.env
+ENV_FILE=${WARDEN_ENGINE_ENV_FILE:-$REPO/.warden-engine.env}
+# Extra dockerd flags, word-split (e.g. "--bridge=none --iptables=false" for a second engine).
+DOCKERD_ARGS=${WARDEN_DOCKERD_ARGS:-}
 BASE_IMAGE=local/bookworm-py:base
 ROOTFS_TAR=$CACHE/bookworm-py-rootfs.tar
 WHEELS=$CACHE/wheels
@@ -100,13 +105,19 @@ apt_run() {
     return 1
   fi
 }
+APT_UPDATED=0
+apt_update() {
+  [ "$APT_UPDATED" = 1 ] && return 0
+  say "packages: apt-get update"
+  apt_run update && APT_UPDATED=1
+}
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 step_packages() {
   local need=() need_norec=() p
   for p in "${APT_PKGS[@]}"; do pkg_installed "$p" || need+=("$p"); done
   for p in "${APT_PKGS_NOREC[@]}"; do pkg_installed "$p" || need_norec+=("$p"); done
-  if [ "$MODE" = check ]; then
+  if [ "$MODE" = check ] && [ $((${#need[@]} + ${#need_norec[@]})) -gt 0 ]; then
     for p in "${need[@]}" "${need_norec[@]}"; do missing "apt package $p"; done
     return 0
   fi
@@ -116,10 +127,9 @@ step_packages() {
   fi
   [ "$(id -u)" = 0 ] || die "missing packages: ${need[*]} ${need_norec[*]}" \
     "run this script as root: sudo bash scripts/engine.sh"
-  say "packages: apt-get update"
   export DEBIAN_FRONTEND=noninteractive
   local log=$CACHE/apt.log
-  apt_run update || die "apt-get update failed (log: $log)" "check the Debian mirror in /etc/apt/sources.list*"
+  apt_update || die "apt-get update failed (log: $log)" "check the Debian mirror in /etc/apt/sources.list*"
   if [ ${#need[@]} -gt 0 ]; then
     say "packages: apt-get install ${need[*]}"
     apt_run install -y "${need[@]}" || die "apt-get install ${need[*]} failed (log: $log)"
@@ -169,9 +179,10 @@ step_engine() {
       # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: Swarm services use local images instead of asking a
       # registry for the digest. setsid + nohup: the daemon outlives this script; 9>&-: it must not
       # inherit (and hold forever) the lock of this script.
+      # shellcheck disable=SC2086 # DOCKERD_ARGS is a list of flags
       DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 setsid nohup dockerd \
         --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" \
-        -H "unix://$SOCK" --pidfile "$PIDFILE" >>"$LOG" 2>&1 </dev/null 9>&- &
+        -H "unix://$SOCK" --pidfile "$PIDFILE" $DOCKERD_ARGS >>"$LOG" 2>&1 </dev/null 9>&- &
     fi
     local deadline=$(($(date +%s) + 60))
     until engine_ok "unix://$SOCK"; do
@@ -187,7 +198,7 @@ step_engine() {
     say "engine: dockerd is up at $ENGINE_HOST"
   fi
   export DOCKER_HOST=$ENGINE_HOST
-  write_env_file
+  [ "$MODE" = check ] || write_env_file
 }
 
 write_env_file() {
@@ -248,6 +259,14 @@ wheels_want() {
 step_wheelhouse() {
   "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
     die "$PY is not Python 3.11; the images run bookworm's python3 (3.11)" "set WARDEN_PYTHON=python3.11"
+  if ! "$PY" -m pip --version >/dev/null 2>&1; then
+    [ "$MODE" = check ] && { missing "pip for $PY (apt package python3-pip)"; return 0; }
+    [ "$(id -u)" = 0 ] || die "$PY has no pip" "apt-get install python3-pip, or set WARDEN_PYTHON"
+    apt_update || die "apt-get update failed"
+    say "packages: apt-get install --no-install-recommends python3-pip (for pip download)"
+    DEBIAN_FRONTEND=noninteractive apt_run install -y --no-install-recommends python3-pip ||
+      die "apt-get install python3-pip failed (log: $CACHE/apt.log)"
+  fi
   local want
   want=$(wheels_want)
   if [ -f "$WHEELS/.stamp" ] && [ "$(cat "$WHEELS/.stamp")" = "$want" ]; then
@@ -353,16 +372,22 @@ step_images() {
     say "image: agent/Dockerfile missing, skipping warden-agent"
   fi
 
-  # prometheus + alertmanager: the host's Debian binaries copied onto the base image
-  local bin
+  # prometheus + alertmanager: the host's Debian binaries (+ the files they read from
+  # /usr/share/prometheus: web assets, alertmanager's default templates) copied onto the base image
+  local bin src share
   for bin in prometheus alertmanager; do
-    local src=/usr/bin/$bin
-    [ "$bin" = alertmanager ] && src=/usr/bin/prometheus-alertmanager
-    [ -x "$src" ] || { [ "$MODE" = check ] && { missing "$src"; continue; }; die "$src missing" "apt-get install --no-install-recommends prometheus prometheus-alertmanager"; }
-    h=$( { echo "$base_id"; sha256sum "$src" | cut -c1-64; hash_paths "deploy/$bin.Dockerfile"; } | sha256sum | cut -c1-16)
+    src=/usr/bin/$bin share=/usr/share/prometheus/web
+    if [ "$bin" = alertmanager ]; then src=/usr/bin/prometheus-alertmanager share=/usr/share/prometheus/alertmanager; fi
+    if [ ! -x "$src" ]; then
+      [ "$MODE" = check ] && { missing "$src (apt package)"; continue; }
+      die "$src missing" "apt-get install --no-install-recommends prometheus prometheus-alertmanager"
+    fi
+    h=$( { echo "$base_id"; sha256sum "$src" | cut -c1-64; [ -d "$share" ] && (cd "$share" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+           hash_paths "deploy/$bin.Dockerfile"; } | sha256sum | cut -c1-16)
     ctx=$CACHE/ctx/$bin
     if [ "$MODE" != check ] && { [ "$FORCE" = 1 ] || [ "$(image_label "warden-$bin:local" warden.source-hash)" != "$h" ]; }; then
-      rm -rf "$ctx" && mkdir -p "$ctx" && cp "$src" "$ctx/$bin"
+      rm -rf "$ctx" && mkdir -p "$ctx/share" && cp "$src" "$ctx/$bin"
+      if [ -d "$share" ]; then cp -a "$share/." "$ctx/share/"; fi
     fi
     build "warden-$bin:local" "$h" "$bin" --build-arg "BASE_IMAGE=$BASE_IMAGE" --network none \
       -f "$REPO/deploy/$bin.Dockerfile" "$ctx"
@@ -378,11 +403,7 @@ if [ "$MODE" != check ] && [ -w "$CACHE" ]; then
 fi
 
 step_packages
-if [ "$MODE" = check ] && [ ${#MISSING[@]} -gt 0 ] && ! command -v docker >/dev/null; then
-  :
-else
-  step_engine
-fi
+step_engine
 if [ "$MODE" != engine ] && [ -n "$ENGINE_HOST" ]; then
   step_base_image
   step_wheelhouse
@@ -390,6 +411,10 @@ if [ "$MODE" != engine ] && [ -n "$ENGINE_HOST" ]; then
     missing "all images (no base image yet)"
   else
     step_images
+    if [ "$MODE" != check ]; then
+      # Superseded builds (untagged now) of these images: free the space, keep the build cache.
+      "$DOCKER" image prune -f --filter label=warden.source-hash >/dev/null || true
+    fi
   fi
 fi
 

@@ -15,5 +15,7 @@ if [ -f scripts/engine.sh ] && [ "${WARDEN_SKIP_ENGINE:-}" != "1" ]; then
   # shellcheck disable=SC1091
   [ -f .warden-engine.env ] && . ./.warden-engine.env
 fi
+echo "== Prometheus, promtool, Alertmanager"
+bash scripts/observability.sh
 echo "== pytest"
 exec $V/python -m pytest "$@"

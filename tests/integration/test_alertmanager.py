@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from agent.alerts import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from tests.integration.conftest_obs import RELEASE, WEBHOOK_SECRET, ObsStack, Received, Sink
+from tests.integration.conftest_obs import RELEASE, WEBHOOK_SECRET, ObsStack
+from tests.integration.obs_support import Received, Sink
 from tests.integration.polling import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.conftest_obs import ObsStack, prometheus_query, prometheus_range
+from tests.integration.conftest_obs import ObsStack
+from tests.integration.obs_support import prometheus_query, prometheus_range
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 

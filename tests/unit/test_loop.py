@@ -575,7 +575,7 @@ def test_an_alert_decision_queues_one_outbox_row_per_receiver(world: World) -> N
         "subject": "inference-1",
         "severity": "critical",
         "status": "firing",
-        "summary": "alert: inference-1 exited (rule replica-exited)",
+        "summary": "inference-1 exited (rule replica-exited)",
         "starts_at": T0 + 2.0,
         "ends_at": None,
         "service": "inference",

@@ -227,6 +227,7 @@ def test_a_healthy_ready_replica_is_up_ready_and_passes_its_canaries(
             "health_failures": 0.0,
             "up": 1.0,
             "ready": 1.0,
+            "load_failed": 0.0,
             "canary_failures": 0.0,
             "canary_accuracy": 1.0,
         },

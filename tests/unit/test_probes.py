@@ -336,3 +336,26 @@ def test_no_canaries_sends_nothing() -> None:
     result = run_canaries(client, BASE, [], 0.5)
 
     assert (result.items, result.accuracy, server.requests) == ((), 1.0, [])
+
+
+def test_ready_probe_marks_a_failed_model_load_as_permanent() -> None:
+    body = {"ready": False, "reason": "model load failed: bad config", "failed": True}
+    client = httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(503, json=body))
+    )
+
+    result = probe_ready(client, "http://replica:8000", 0.5)
+
+    assert (result.ok, result.permanent) == (False, True)
+    assert result.reason == "not ready: model load failed: bad config"
+
+
+def test_ready_probe_of_a_loading_server_is_not_permanent() -> None:
+    body = {"ready": False, "reason": "loading", "failed": False}
+    client = httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(503, json=body))
+    )
+
+    result = probe_ready(client, "http://replica:8000", 0.5)
+
+    assert (result.ok, result.permanent) == (False, False)

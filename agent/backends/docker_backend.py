@@ -1,0 +1,531 @@
+"""The Docker backend: replicas are containers on one Docker engine, found by their labels.
+
+Every container Warden creates carries ``warden.project``, ``warden.service``, ``warden.slot``,
+``warden.release`` and ``warden.generation`` (plus ``backend.labels``); the backend lists, stops
+and removes only containers with the project, service and slot labels, so anything else on the
+engine, even from the same image, is never touched. Containers outlive the agent: a restarted
+agent adopts them by label.
+
+Addresses: each replica publishes port 8000 on 127.0.0.1 at a random host port, and its URL is
+that port (an agent on the host). With ``backend.network`` set, replicas join that user-defined
+network (created if missing) with the service name as network alias, and the URL is the
+container's IP on it, which an agent on the same network (docker-compose) and an agent on the
+Linux host both reach.
+
+Events: one thread follows the engine's events for our labels (reconnecting with backoff when
+dockerd restarts) and turns ``die``, ``oom``, ``health_status: unhealthy``, ``pause``,
+``unpause`` and ``start`` into ``EngineEvent`` at once. Who stopped a container is in
+``docker_stops``: Warden's own stops are no crashes, and a container a person stopped with
+``docker stop`` is reported STOPPED and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from agent.backends.base import ReleaseSpec, ResourceSample
+from agent.backends.docker_events import ContainerEvent, EventFollower, EventStream, parse_event
+from agent.backends.docker_stats import StatsSampler
+from agent.backends.docker_stops import StopLedger
+from agent.clock import Clock, SystemClock
+from agent.config import WardenConfig
+from agent.domain import SERVICE, EngineEvent, Replica, ReplicaState
+from agent.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+PROJECT, SERVICE_LABEL, SLOT = "warden.project", "warden.service", "warden.slot"
+RELEASE, GENERATION = "warden.release", "warden.generation"
+SERVER_PORT = 8000
+API_VERSION = "1.41"  # Debian's docker.io 20.10; newer engines accept it too
+DEFAULT_GRACE_S = 5.0
+SETUP_HINT = (
+    "start the engine or point DOCKER_HOST at it (e.g. `. ./.warden-engine.env` after "
+    "`sudo bash scripts/engine.sh`); the agent keeps retrying"
+)
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
+_EVENT_KINDS = {
+    "die": "die",
+    "oom": "oom",
+    "health_status: unhealthy": "unhealthy",
+    "pause": "pause",
+    "unpause": "unpause",
+    "start": "start",
+}
+_STATES = {
+    "running": ReplicaState.RUNNING,
+    "paused": ReplicaState.PAUSED,
+    "exited": ReplicaState.EXITED,
+    "dead": ReplicaState.EXITED,
+    "created": ReplicaState.STARTING,
+    "restarting": ReplicaState.STARTING,
+    "removing": ReplicaState.STOPPED,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerSettings:
+    """What every replica container gets, whatever its release (from ``backend:``)."""
+
+    project: str
+    service: str
+    image_repo: str = "warden-inference"
+    network: str = ""
+    env: Mapping[str, str] | None = None
+    labels: Mapping[str, str] | None = None
+    memory_limit_bytes: int | None = None
+    cpus: float | None = None
+    grace_s: float = DEFAULT_GRACE_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Details:
+    """What only ``inspect`` tells: cached per (container, state) until an event says otherwise."""
+
+    pid: int | None
+    started_at: float | None
+    exit_code: int | None
+    oom_killed: bool
+
+
+class DockerBackend:
+    """Replicas as labelled containers on one Docker engine (see module docstring)."""
+
+    kind = "docker"
+
+    def __init__(
+        self,
+        client: Any,
+        settings: ContainerSettings,
+        *,
+        state_dir: Path | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._client = client
+        self._cfg = settings
+        self._clock: Clock = clock or SystemClock()
+        self._ledger = StopLedger(
+            state_dir / "docker-stopped.json" if state_dir else None, self._clock
+        )
+        self._stats = StatsSampler(self._open_stats)
+        self._lock = threading.Lock()  # events, callbacks, details cache
+        self._ops = threading.RLock()  # one start/stop/restart at a time
+        self._events: list[EngineEvent] = []
+        self._callbacks: list[Callable[[EngineEvent], None]] = []
+        self._details: dict[tuple[str, str], _Details] = {}
+        self._network_ready = False
+        self._follower = EventFollower(
+            connect=self._connect_events,
+            on_event=self._on_raw_event,
+            on_connected=self._on_connected,
+            on_lost=self._on_lost,
+        )
+        self._follower.start()
+
+    @classmethod
+    def from_config(cls, cfg: WardenConfig, *, clock: Clock | None = None) -> DockerBackend:
+        """A backend on the engine named by ``DOCKER_HOST`` (or the default socket)."""
+        b = cfg.backend
+        settings = ContainerSettings(
+            project=cfg.project,
+            service=cfg.service,
+            image_repo=b.image,
+            network=b.network,
+            env=dict(b.env),
+            labels=dict(b.labels),
+            memory_limit_bytes=int(b.memory_limit_bytes) if b.memory_limit_bytes else None,
+            cpus=b.cpus,
+        )
+        try:
+            client = docker.from_env(version=API_VERSION, timeout=60, max_pool_size=32)
+        except docker.errors.DockerException as exc:  # a malformed DOCKER_HOST, bad TLS files
+            raise BackendError(f"cannot configure the Docker client: {exc}; {SETUP_HINT}") from exc
+        backend = cls(client, settings, state_dir=cfg.state_dir, clock=clock)
+        try:
+            client.ping()
+        except _ENGINE_ERRORS as exc:
+            log.error("Docker engine at %s is not reachable: %s; %s", _host(), exc, SETUP_HINT)
+        return backend
+
+    # --- Backend protocol ---------------------------------------------------------------------
+
+    def list_replicas(self) -> list[Replica]:
+        """Our containers (one engine call, plus an ``inspect`` when a container changed state)."""
+        summaries = self._list(self._scope())
+        self._stats.keep(s["Id"] for s in summaries)
+        self._ledger.prune(s["Id"] for s in summaries)
+        newest: dict[str, Mapping[str, Any]] = {}
+        for summary in sorted(summaries, key=lambda s: int(s.get("Created", 0))):
+            newest[summary["Labels"][SLOT]] = summary  # a leftover twin loses to the newest
+        replicas = [r for r in map(self._replica, newest.values()) if r is not None]
+        return sorted(replicas, key=lambda r: _slot_order(r.id))
+
+    def start_replica(self, slot: str, release: ReleaseSpec, generation: int) -> Replica:
+        """Remove ``slot``'s container(s), then create and start one running ``release``."""
+        with self._ops:
+            self._remove_slot(slot)
+            self._ensure_network()
+            container_id = self._create(slot, release, generation)
+            self._call(f"start replica {slot}", self._client.api.start, container_id)
+            for replica in self.list_replicas():
+                if replica.id == slot:
+                    return replica
+            raise BackendError(
+                f"replica {slot} vanished right after it started (removed by someone?)"
+            )
+
+    def stop_replica(self, slot: str) -> None:
+        """Stop (SIGTERM, SIGKILL after the grace period) and remove ``slot``'s container.
+
+        The slot is then absent, not STOPPED: a later scale-out starts it afresh.
+        """
+        with self._ops:
+            self._remove_slot(slot)
+
+    def restart_replica(self, slot: str) -> None:
+        """``docker restart`` the slot's container (same release, same container)."""
+        with self._ops:
+            found = self._list([*self._scope(), f"{SLOT}={slot}"])
+            if not found:
+                raise BackendError(f"cannot restart replica {slot}: no container has its labels")
+            for summary in found:
+                self._ledger.plan(summary["Id"])
+                self._call(
+                    f"restart replica {slot}",
+                    self._client.api.restart,
+                    summary["Id"],
+                    timeout=int(self._cfg.grace_s),
+                )
+
+    def resources(self, replica: Replica) -> ResourceSample | None:
+        """The last ``docker stats`` reading of the replica (never blocks; None at first)."""
+        return None if replica.container_id is None else self._stats.sample(replica.container_id)
+
+    def drain_events(self) -> list[EngineEvent]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def on_event(self, callback: Callable[[EngineEvent], None]) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def close(self) -> None:
+        """Stop following events and stats. Containers keep running: the next agent adopts them."""
+        self._follower.close()
+        self._stats.close()
+        with contextlib.suppress(*_ENGINE_ERRORS):
+            self._client.close()
+
+    # --- engine calls -------------------------------------------------------------------------
+
+    def _scope(self) -> list[str]:
+        return [f"{PROJECT}={self._cfg.project}", f"{SERVICE_LABEL}={self._cfg.service}", SLOT]
+
+    def _list(self, labels: list[str]) -> list[Mapping[str, Any]]:
+        found: list[Mapping[str, Any]] = self._call(
+            "list containers", self._client.api.containers, all=True, filters={"label": labels}
+        )
+        return found
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """An engine call; any failure becomes a ``BackendError`` that says what to do."""
+        try:
+            return method(*args, **kwargs)
+        except docker.errors.APIError as exc:
+            raise BackendError(
+                f"{what}: the Docker engine refused: {exc.explanation or exc}"
+            ) from exc
+        except _ENGINE_ERRORS as exc:
+            raise BackendError(
+                f"{what}: Docker engine at {_host()} is not reachable ({exc}); {SETUP_HINT}"
+            ) from exc
+
+    def _create(self, slot: str, release: ReleaseSpec, generation: int) -> str:
+        cfg, api = self._cfg, self._client.api
+        image = release.image or f"{cfg.image_repo}:{release.tag}"
+        labels = {
+            **(cfg.labels or {}),
+            PROJECT: cfg.project,
+            SERVICE_LABEL: cfg.service,
+            SLOT: slot,
+            RELEASE: release.tag,
+            GENERATION: str(generation),
+        }
+        host_config = api.create_host_config(
+            port_bindings={SERVER_PORT: ("127.0.0.1", None)},
+            mem_limit=cfg.memory_limit_bytes,
+            memswap_limit=cfg.memory_limit_bytes,  # no swap: over the limit is an OOM kill
+            nano_cpus=int(cfg.cpus * 1e9) if cfg.cpus else None,
+            restart_policy={"Name": "no"},  # Warden is the supervisor
+            network_mode=cfg.network or None,
+        )
+        networking = None
+        if cfg.network:
+            endpoint = api.create_endpoint_config(aliases=[cfg.service])
+            networking = api.create_networking_config({cfg.network: endpoint})
+        try:
+            created = api.create_container(
+                image,
+                name=f"{cfg.project}-{slot}-g{generation}",
+                command=_command(release),
+                environment={**(cfg.env or {}), **release.env, "WARDEN_RELEASE": release.tag},
+                labels=labels,
+                ports=[SERVER_PORT],
+                host_config=host_config,
+                networking_config=networking,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise BackendError(
+                f"start replica {slot}: image {image} is not on the engine; build or load it "
+                "(Warden never pulls from a registry)"
+            ) from exc
+        except _ENGINE_ERRORS as exc:
+            raise BackendError(f"start replica {slot}: cannot create the container: {exc}") from exc
+        return str(created["Id"])
+
+    def _remove_slot(self, slot: str) -> None:
+        """Stop gracefully (a running one) and remove every container of ``slot``."""
+        for summary in self._list([*self._scope(), f"{SLOT}={slot}"]):
+            container_id = summary["Id"]
+            self._ledger.plan(container_id)
+            if summary.get("State") == "running":
+                with contextlib.suppress(BackendError):  # removed below with force anyway
+                    self._call(
+                        f"stop replica {slot}",
+                        self._client.api.stop,
+                        container_id,
+                        timeout=int(self._cfg.grace_s),
+                    )
+            try:
+                self._client.api.remove_container(container_id, v=True, force=True)
+            except docker.errors.NotFound:
+                continue
+            except _ENGINE_ERRORS as exc:
+                raise BackendError(f"remove replica {slot} ({container_id[:12]}): {exc}") from exc
+
+    def _ensure_network(self) -> None:
+        """Create ``backend.network`` (a bridge) when it does not exist yet."""
+        name = self._cfg.network
+        if not name or self._network_ready:
+            return
+        if not self._call("list networks", self._client.api.networks, names=[name]):
+            log.info("creating Docker network %s", name)
+            labels = {**(self._cfg.labels or {}), PROJECT: self._cfg.project}
+            with contextlib.suppress(BackendError):  # created by someone else meanwhile
+                self._call("create network", self._client.api.create_network, name, labels=labels)
+        self._network_ready = True
+
+    def _open_stats(self, container_id: str) -> Iterator[Mapping[str, Any]]:
+        stream: Iterator[Mapping[str, Any]] = self._client.api.stats(
+            container_id, decode=True, stream=True
+        )
+        return stream
+
+    # --- what a container looks like ---------------------------------------------------------
+
+    def _replica(self, summary: Mapping[str, Any]) -> Replica | None:
+        labels, container_id = summary["Labels"], summary["Id"]
+        state = _STATES.get(str(summary.get("State")), ReplicaState.STARTING)
+        if self._ledger.left_alone(container_id) and state in (
+            ReplicaState.EXITED,
+            ReplicaState.STARTING,
+        ):
+            state = ReplicaState.STOPPED
+        details = self._inspect(container_id, str(summary.get("State")))
+        if details is None:
+            return None  # removed between the list and the inspect
+        alive = state in (ReplicaState.RUNNING, ReplicaState.PAUSED)
+        return Replica(
+            id=labels[SLOT],
+            url=self._url(summary),
+            release=labels.get(RELEASE, ""),
+            state=state,
+            generation=_int(labels.get(GENERATION)),
+            pid=details.pid if alive else None,
+            container_id=container_id[:12],
+            started_at=details.started_at,
+            exit_code=details.exit_code if state is ReplicaState.EXITED else None,
+            oom_killed=details.oom_killed and state is ReplicaState.EXITED,
+        )
+
+    def _url(self, summary: Mapping[str, Any]) -> str:
+        if self._cfg.network:
+            networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
+            address = (networks.get(self._cfg.network) or {}).get("IPAddress")
+            return f"http://{address}:{SERVER_PORT}" if address else ""
+        for port in summary.get("Ports") or ():
+            if port.get("PrivatePort") == SERVER_PORT and port.get("PublicPort"):
+                return f"http://127.0.0.1:{port['PublicPort']}"
+        return ""  # not running: nothing listens
+
+    def _inspect(self, container_id: str, state: str) -> _Details | None:
+        key = (container_id, state)
+        with self._lock:
+            cached = self._details.get(key)
+        if cached is not None:
+            return cached
+        try:
+            info = self._client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        except _ENGINE_ERRORS as exc:
+            raise BackendError(f"inspect {container_id[:12]}: {exc}; {SETUP_HINT}") from exc
+        s = info.get("State") or {}
+        details = _Details(
+            pid=int(s["Pid"]) if s.get("Pid") else None,
+            started_at=_timestamp(s.get("StartedAt")),
+            exit_code=int(s["ExitCode"]) if s.get("ExitCode") is not None else None,
+            oom_killed=bool(s.get("OOMKilled")),
+        )
+        with self._lock:
+            self._details = {k: v for k, v in self._details.items() if k[0] != container_id}
+            self._details[key] = details
+        return details
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _connect_events(self) -> EventStream:
+        stream: EventStream = self._client.events(
+            decode=True, filters={"type": "container", "label": self._scope()}
+        )
+        return stream
+
+    def _on_connected(self, again: bool) -> None:
+        with self._lock:
+            self._details.clear()  # the engine may have changed anything meanwhile
+        self._network_ready = False
+        if again:  # a tick now: containers died with the engine
+            self._emit(
+                EngineEvent(
+                    at=self._clock.now(),
+                    replica_id=SERVICE,
+                    kind="reconnect",
+                    detail="Docker engine events reconnected",
+                )
+            )
+
+    def _on_lost(self, why: str) -> None:
+        forgotten = self._ledger.engine_lost()
+        if forgotten:
+            log.warning(
+                "forgetting %d stop(s) seen just before the engine went away (%s): "
+                "dockerd stopping its containers, not a person",
+                len(forgotten),
+                why,
+            )
+
+    def _on_raw_event(self, raw: Mapping[str, Any]) -> None:
+        event = parse_event(raw, SLOT)
+        if event is None or not event.slot or event.action.startswith("exec_"):
+            return  # exec_*: Docker's HEALTHCHECK runs, every few seconds; they change nothing
+        with self._lock:
+            self._details = {k: v for k, v in self._details.items() if k[0] != event.container_id}
+        engine_event = self._translate(event)
+        if engine_event is not None:
+            self._emit(engine_event)
+
+    def _translate(self, event: ContainerEvent) -> EngineEvent | None:
+        """Apply ``event`` to the stop ledger; the ``EngineEvent`` to report, if any."""
+        ledger, cid = self._ledger, event.container_id
+        if event.action == "kill":
+            if ledger.killed(cid, event.signal):
+                log.info(
+                    "%s (%s): stop requested by someone else than Warden", event.slot, cid[:12]
+                )
+            return None
+        if event.action == "stop":
+            if not ledger.stopped(cid):
+                return None
+            detail = f"{cid[:12]} stopped by a person (docker stop): left alone until started again"
+            return self._engine_event(event, "stop", detail)
+        if event.action == "start":
+            ledger.started(cid)
+        elif event.action == "destroy":
+            ledger.destroyed(cid)
+            return None
+        kind = _EVENT_KINDS.get(event.action)
+        if kind is None or (
+            kind in ("die", "oom") and (ledger.is_planned(cid) or ledger.by_person(cid))
+        ):
+            return None
+        return self._engine_event(event, kind, _describe(event, kind))
+
+    def _engine_event(self, event: ContainerEvent, kind: str, detail: str) -> EngineEvent:
+        return EngineEvent(
+            at=event.at or self._clock.now(),
+            replica_id=event.slot,
+            kind=kind,
+            exit_code=event.exit_code if kind == "die" else None,
+            detail=detail,
+        )
+
+    def _emit(self, event: EngineEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+            callbacks = list(self._callbacks)
+        if event.kind in ("die", "oom", "unhealthy", "stop"):
+            log.warning("replica %s: %s", event.replica_id, event.detail)
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:  # a faulty subscriber must not stop events being reported
+                log.exception("event callback %r failed for %s", callback, event)
+
+
+def _describe(event: ContainerEvent, kind: str) -> str:
+    cid = event.container_id[:12]
+    if kind == "die":
+        return f"container {cid} exited with code {event.exit_code}"
+    if kind == "oom":
+        return f"container {cid} ran out of memory (OOM kill)"
+    if kind == "unhealthy":
+        return f"container {cid} failed its Docker HEALTHCHECK"
+    return f"container {cid}: {kind}"
+
+
+def _command(release: ReleaseSpec) -> list[str] | None:
+    """The image's own command unless the release adds server flags (model, task, args)."""
+    extra = [*(["--model", release.model] if release.model else [])]
+    extra += ["--task", release.task] if release.task else []
+    extra += list(release.args)
+    if not extra:
+        return None
+    return ["python", "-m", "inference", "--host", "0.0.0.0", "--port", str(SERVER_PORT), *extra]  # noqa: S104
+
+
+def _timestamp(text: Any) -> float | None:
+    """Docker's RFC 3339 time with nanoseconds (``2026-11-23T13:14:36.123456789Z``)."""
+    if not isinstance(text, str) or text.startswith("0001-"):
+        return None
+    head, _, rest = text.partition(".")
+    fraction = rest.rstrip("Z")[:6] if rest else "0"
+    try:
+        return datetime.fromisoformat(f"{head.rstrip('Z')}.{fraction:0<6}+00:00").timestamp()
+    except ValueError:
+        return None
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text is not None and text.isdigit() else 0
+
+
+def _slot_order(slot: str) -> tuple[int, str]:
+    number = slot.rpartition("-")[2]
+    return (int(number) if number.isdigit() else 1 << 30, slot)
+
+
+def _host() -> str:
+    return os.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"

@@ -1,0 +1,558 @@
+"""The Swarm backend: one Swarm service per Warden slot (``inference-1``, ``inference-2``...).
+
+Each slot is a replicated service with one task, published in host mode on its own port
+(``port + slot number - 1``: Swarm's ingress needs IPVS, and one host-mode port serves one task per
+node). Labels on the service (``warden.service``, ``warden.slot``, ``warden.release``,
+``warden.generation``) find the slots again after an agent restart; the same labels on the task's
+container spec say what each *task* runs, so a task still being replaced reports its own release.
+
+- ``start_replica`` creates the service, or updates it to the full spec Warden wants with
+  ``ForceUpdate`` bumped: any release (not only Swarm's one previous spec) and a restart in one
+  call. Swarm replaces the task stop-first (start-first with a host port never finishes).
+- ``stop_replica`` scales the service to 0: the slot is then reported ``STOPPED``.
+- Tasks never restart on their own (restart condition ``none``): a crash is an ``EXITED`` replica
+  with the container's exit code, and Warden's policy (backoff, budgets) decides the restart.
+- Images are never resolved at a registry: the SDK talks to the Engine API, which (unlike the CLI
+  without ``--no-resolve-image``) does not ask a registry for a digest; the engine is started with
+  ``DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1`` so tasks use the local image.
+
+See docs/decisions.md ("One Swarm service per slot") for why not one service with N replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Resources,
+    RestartPolicy,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+
+from agent.backends.base import ReleaseSpec, ResourceSample
+from agent.backends.docker_swarm_watch import Connect, EventStream, StatsSampler
+from agent.clock import Clock, SystemClock
+from agent.config import WardenConfig
+from agent.domain import EngineEvent, Replica, ReplicaState
+from agent.errors import BackendError
+
+logger = logging.getLogger(__name__)
+
+LABEL_SERVICE = "warden.service"
+LABEL_SLOT = "warden.slot"
+LABEL_RELEASE = "warden.release"
+LABEL_GENERATION = "warden.generation"
+LABEL_BACKEND = "warden.backend"  # on containers: "swarm" (the docker backend owns warden.service)
+SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"  # set by Swarm on every task container
+TARGET_PORT = 8000
+STOP_POLL_S = 0.1  # how often a replacement polls for the old task to have stopped
+STOP_SLACK_S = 5.0  # beyond the stop grace period: SIGKILL and the engine's bookkeeping
+INIT_HINT = "docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377"
+
+_STARTING = {
+    "new",
+    "allocated",
+    "pending",
+    "assigned",
+    "accepted",
+    "preparing",
+    "ready",
+    "starting",
+}
+_EXITED = {"complete", "failed", "rejected", "shutdown", "remove", "orphaned"}
+_CURRENT = {"ready", "running"}  # desired states of the task that is (or will be) the slot's
+
+
+def connect_from_env() -> docker.DockerClient:
+    """A client for the engine named by ``DOCKER_HOST`` (or the default socket)."""
+    return docker.from_env(version="auto", timeout=60)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SwarmSettings:
+    """How slots become services (from ``backend:`` in warden.yaml)."""
+
+    service: str = "inference"
+    image_repository: str = "warden-inference"  # releases without an image are its tags
+    base_port: int = 8000  # published port of slot 1; slot N gets base_port + N - 1
+    host: str = "127.0.0.1"  # where the agent reaches the published ports
+    env: Mapping[str, str] | None = None
+    memory_limit_bytes: int | None = None
+    cpus: float | None = None
+    network: str = ""
+    labels: Mapping[str, str] | None = None  # extra labels on services and containers
+    stop_grace_s: float = 10.0
+    stats_interval_s: float = 2.0
+
+
+class SwarmBackend:
+    """Replicas as single-task Swarm services (see module docstring)."""
+
+    kind = "swarm"
+
+    def __init__(
+        self,
+        settings: SwarmSettings,
+        *,
+        connect: Connect = connect_from_env,
+        clock: Clock | None = None,
+    ) -> None:
+        self._settings = settings
+        self._clock: Clock = clock or SystemClock()
+        self._client = _checked_manager(connect)
+        self._lock = threading.Lock()  # guards the sets, events and callbacks below
+        self._ops = threading.RLock()  # one create/update at a time
+        self._events: list[EngineEvent] = []
+        self._callbacks: list[Callable[[EngineEvent], None]] = []
+        self._planned: set[str] = set()  # containers Warden is stopping: their die is no event
+        self._paused: set[str] = set()
+        self._oom: set[str] = set()
+        self._stats = StatsSampler(
+            connect=connect, clock=self._clock, interval_s=settings.stats_interval_s
+        )
+        self._stream = EventStream(
+            connect=connect,
+            filters={
+                "type": ["container", "service"],
+                "event": ["die", "oom", "pause", "unpause", "remove"],
+            },
+            handle=self._on_engine_event,
+            name=f"warden-swarm-events-{settings.service}",
+        )
+
+    @classmethod
+    def from_config(cls, cfg: WardenConfig, *, clock: Clock | None = None) -> SwarmBackend:
+        """The backend for ``backend: {kind: swarm}`` in warden.yaml (engine from DOCKER_HOST)."""
+        b = cfg.backend
+        memory = int(b.memory_limit_bytes) if b.memory_limit_bytes else None
+        settings = SwarmSettings(
+            service=cfg.service,
+            image_repository=b.image,
+            base_port=b.port,
+            host=b.host,
+            env=dict(b.env),
+            memory_limit_bytes=memory,
+            cpus=b.cpus,
+            network=b.network,
+        )
+        return cls(settings, clock=clock)
+
+    @property
+    def events_connected(self) -> threading.Event:
+        """Set while the events stream is open (a test waits for it before injecting faults)."""
+        return self._stream.connected
+
+    # --- Backend protocol ---------------------------------------------------------------------
+
+    def list_replicas(self) -> list[Replica]:
+        """Every slot service of this Warden service, with the state of its current task."""
+        services = self._call("list services", self._client.api.services, filters=self._filter())
+        if not services:
+            return []
+        ids = [s["ID"] for s in services]
+        tasks = self._call("list tasks", self._client.api.tasks, filters={"service": ids})
+        by_service: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for task in tasks:
+            by_service.setdefault(task["ServiceID"], []).append(task)
+        replicas = [self._replica(s, by_service[s["ID"]]) for s in services]
+        return sorted(replicas, key=lambda r: _slot_number(r.id))
+
+    def start_replica(self, slot: str, release: ReleaseSpec, generation: int) -> Replica:
+        """Create ``slot``'s service, or update it to ``release`` and restart its task."""
+        with self._ops:
+            current = self._inspect(slot)
+            if current is None:
+                spec = self._spec(slot, release, generation, force=0)
+                self._call(f"create service {slot}", self._client.api.create_service, **spec)
+                logger.info("created service %s (%s)", slot, release.tag)
+            else:
+                force = int(current["Spec"]["TaskTemplate"].get("ForceUpdate", 0)) + 1
+                spec = self._spec(slot, release, generation, force=force)
+                self._update(slot, current, spec)
+                logger.info(
+                    "updated service %s to %s (generation %d)", slot, release.tag, generation
+                )
+            return self._one(slot)
+
+    def stop_replica(self, slot: str) -> None:
+        """Scale ``slot``'s service to 0 (reported ``STOPPED``). No error if it does not exist."""
+        with self._ops:
+            current = self._inspect(slot)
+            if current is not None:
+                self._update(slot, current, {"mode": ServiceMode("replicated", 0)}, merge=True)
+
+    def restart_replica(self, slot: str) -> None:
+        """Replace ``slot``'s task with a new one of the same spec (``ForceUpdate`` + 1)."""
+        with self._ops:
+            current = self._inspect(slot)
+            if current is None:
+                raise BackendError(f"cannot restart replica {slot}: no Swarm service {slot}")
+            template = dict(current["Spec"]["TaskTemplate"])
+            template["ForceUpdate"] = int(template.get("ForceUpdate", 0)) + 1
+            change = {"task_template": template, "mode": ServiceMode("replicated", 1)}
+            self._update(slot, current, change, merge=True)
+
+    def resources(self, replica: Replica) -> ResourceSample | None:
+        """The task container's last ``docker stats`` sample (sampled in the background)."""
+        if replica.container_id is None or replica.state is not ReplicaState.RUNNING:
+            return None
+        return self._stats.latest(replica.container_id)
+
+    def drain_events(self) -> list[EngineEvent]:
+        """Crash, OOM, pause and removal events since the last call."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def on_event(self, callback: Callable[[EngineEvent], None]) -> None:
+        """Call ``callback`` from the events thread as soon as an event arrives."""
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def close(self) -> None:
+        """Stop the background readers. Services keep running: the engine owns them."""
+        self._stream.close()
+        self._stats.close()
+        self._client.close()
+
+    # --- specs ---------------------------------------------------------------------------------
+
+    def _spec(self, slot: str, release: ReleaseSpec, generation: int, force: int) -> dict[str, Any]:
+        """Everything Swarm needs for ``slot``: create and update send the same full spec."""
+        s = self._settings
+        marks = {
+            LABEL_SERVICE: s.service,
+            LABEL_SLOT: slot,
+            LABEL_RELEASE: release.tag,
+            LABEL_GENERATION: str(generation),
+        }
+        image = release.image or f"{s.image_repository}:{release.tag}"
+        env = {**(s.env or {}), "WARDEN_RELEASE": release.tag, **release.env}
+        container = ContainerSpec(
+            image=image,
+            args=self._args(image, release),
+            env=[f"{k}={v}" for k, v in env.items()],
+            labels={**(s.labels or {}), **marks, LABEL_BACKEND: "swarm"},
+            stop_grace_period=int(s.stop_grace_s * 1e9),
+        )
+        resources = Resources(
+            cpu_limit=int(s.cpus * 1e9) if s.cpus else None,
+            mem_limit=s.memory_limit_bytes,
+        )
+        return {
+            "name": slot,
+            "labels": {**(s.labels or {}), **marks},
+            "task_template": TaskTemplate(
+                container_spec=container,
+                resources=resources,
+                restart_policy=RestartPolicy(condition="none"),
+                force_update=force,
+                networks=[s.network] if s.network else None,
+            ),
+            "mode": ServiceMode("replicated", 1),
+            "update_config": UpdateConfig(
+                parallelism=1, order="stop-first", failure_action="continue"
+            ),
+            "endpoint_spec": EndpointSpec(ports={self._port(slot): (TARGET_PORT, "tcp", "host")}),
+        }
+
+    def _args(self, image: str, release: ReleaseSpec) -> list[str] | None:
+        """The image's command plus the release's server flags; None keeps the image's own."""
+        flags = [*(["--model", release.model] if release.model else [])]
+        flags += ["--task", release.task] if release.task else []
+        flags += list(release.args)
+        if not flags:
+            return None
+        try:
+            command = self._client.images.get(image).attrs["Config"]["Cmd"] or []
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"image {image}: {exc} (build or load it on this node)") from exc
+        return [*command, *flags]
+
+    def _port(self, slot: str) -> int:
+        port = self._settings.base_port + _slot_number(slot) - 1
+        if not 0 < port < 65536:
+            raise BackendError(f"slot {slot}: port {port} is out of range (lower backend.port)")
+        return port
+
+    # --- talking to the engine -------------------------------------------------------------------
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"swarm: {what} failed: {_explain(exc)}") from exc
+
+    def _inspect(self, slot: str) -> dict[str, Any] | None:
+        try:
+            service: dict[str, Any] = self._client.api.inspect_service(slot)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"swarm: inspect service {slot} failed: {_explain(exc)}") from exc
+        owner = service["Spec"].get("Labels", {}).get(LABEL_SERVICE)
+        if owner != self._settings.service:
+            raise BackendError(
+                f"a Swarm service named {slot} exists but is not Warden's (label {LABEL_SERVICE}="
+                f"{owner!r}, expected {self._settings.service!r}); rename one of them"
+            )
+        return service
+
+    def _update(
+        self, slot: str, current: dict[str, Any], change: dict[str, Any], *, merge: bool = False
+    ) -> None:
+        """Update ``slot`` (retrying once if someone else updated it in between), then wait
+        until the task it replaces has stopped: until then that task still answers on the
+        slot's port, and a probe would take its answers for the new task's."""
+        live = self._plan_stop(current["ID"])
+        self._send_update(slot, current, change, merge=merge)
+        self._await_stopped(slot, current["ID"], live)
+
+    def _send_update(
+        self, slot: str, current: dict[str, Any], change: dict[str, Any], *, merge: bool
+    ) -> None:
+        for attempt in (1, 2):
+            try:
+                self._client.api.update_service(
+                    current["ID"], current["Version"]["Index"], fetch_current_spec=merge, **change
+                )
+                return
+            except docker.errors.APIError as exc:
+                if attempt == 2 or "out of sequence" not in str(exc):
+                    raise BackendError(
+                        f"swarm: update service {slot} failed: {_explain(exc)}"
+                    ) from exc
+                current = self._inspect(slot) or current
+
+    def _plan_stop(self, service_id: str) -> set[str]:
+        """Remember the containers an update is about to stop (their exits are not crashes);
+        returns those that run now."""
+        tasks = self._call("list tasks", self._client.api.tasks, filters={"service": service_id})
+        with self._lock:
+            self._planned |= {c for t in tasks if (c := _container_id(t))}
+        return _live_containers(tasks)
+
+    def _await_stopped(self, slot: str, service_id: str, containers: set[str]) -> None:
+        """Poll the tasks until none of ``containers`` runs (or the stop grace period passes)."""
+        deadline = self._clock.monotonic() + self._settings.stop_grace_s + STOP_SLACK_S
+        while containers:
+            tasks = self._call(
+                "list tasks", self._client.api.tasks, filters={"service": service_id}
+            )
+            containers &= _live_containers(tasks)
+            if not containers:
+                return
+            if self._clock.monotonic() > deadline:
+                logger.warning("service %s: old task still runs after the stop grace period", slot)
+                return
+            self._clock.sleep(STOP_POLL_S)
+
+    def _one(self, slot: str) -> Replica:
+        for replica in self.list_replicas():
+            if replica.id == slot:
+                return replica
+        raise BackendError(f"swarm: service {slot} vanished right after it was started")
+
+    def _filter(self) -> dict[str, str]:
+        return {"label": f"{LABEL_SERVICE}={self._settings.service}"}
+
+    # --- what a slot looks like -------------------------------------------------------------
+
+    def _replica(self, service: dict[str, Any], tasks: list[dict[str, Any]]) -> Replica:
+        spec = service["Spec"]
+        labels = spec.get("Labels", {})
+        slot = labels.get(LABEL_SLOT, spec["Name"])
+        ports = spec.get("EndpointSpec", {}).get("Ports") or [{}]
+        port = ports[0].get("PublishedPort", self._port(slot))
+        url = f"http://{self._settings.host}:{port}"
+        tasks = sorted(tasks, key=_created, reverse=True)
+        current = next((t for t in tasks if t.get("DesiredState") in _CURRENT), None)
+        if spec["Mode"].get("Replicated", {}).get("Replicas", 1) == 0:
+            return _from_labels(slot, url, labels, ReplicaState.STOPPED)
+        current = current or (tasks[0] if tasks else None)
+        if current is None:  # just created: no task scheduled yet
+            return _from_labels(slot, url, labels, ReplicaState.STARTING)
+        return self._from_task(slot, url, current, tasks)
+
+    def _from_task(
+        self, slot: str, url: str, task: dict[str, Any], tasks: list[dict[str, Any]]
+    ) -> Replica:
+        status = task.get("Status", {})
+        container = status.get("ContainerStatus") or {}
+        container_id = container.get("ContainerID") or None
+        state, exit_code = _task_state(status.get("State", ""), container)
+        with self._lock:
+            if state is ReplicaState.RUNNING and container_id in self._paused:
+                state = ReplicaState.PAUSED
+            oom = container_id in self._oom
+        live = state in (ReplicaState.RUNNING, ReplicaState.PAUSED)
+        pid = int(container.get("PID") or 0) if live else 0
+        labels = task["Spec"].get("ContainerSpec", {}).get("Labels", {})
+        return Replica(
+            id=slot,
+            url=url,
+            release=labels.get(LABEL_RELEASE, ""),
+            state=state,
+            generation=int(labels.get(LABEL_GENERATION, 0)),
+            pid=pid or None,
+            container_id=container_id,
+            started_at=_instance_time(task, tasks, known=bool(pid) or state is ReplicaState.EXITED),
+            exit_code=exit_code,
+            oom_killed=oom,
+        )
+
+    # --- engine events -------------------------------------------------------------------------
+
+    def _on_engine_event(self, raw: dict[str, Any]) -> None:
+        event = self._translate(raw)
+        if event is None:
+            return
+        with self._lock:
+            self._events.append(event)
+            callbacks = list(self._callbacks)
+        logger.warning("replica %s: %s", event.replica_id, event.detail)
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:  # a faulty subscriber must not stop events being reported
+                logger.exception("event callback %r failed for %s", callback, event)
+
+    def _translate(self, raw: dict[str, Any]) -> EngineEvent | None:
+        """Our engine event for a raw one about this service's slots, else None."""
+        actor = raw.get("Actor", {})
+        attrs = actor.get("Attributes", {})
+        action = raw.get("Action", "")
+        if raw.get("Type") == "service":
+            slot = attrs.get("name", "")
+            if action != "remove" or not self._ours(slot):
+                return None
+            return self._event(slot, "removed", None, f"Swarm service {slot} was removed")
+        slot = attrs.get(SWARM_SERVICE_LABEL, "")
+        if attrs.get(LABEL_SERVICE) != self._settings.service or not self._ours(slot):
+            return None
+        container_id = actor.get("ID", "")
+        return self._container_event(slot, container_id, action, attrs)
+
+    def _container_event(
+        self, slot: str, container_id: str, action: str, attrs: Mapping[str, str]
+    ) -> EngineEvent | None:
+        short = container_id[:12]
+        with self._lock:
+            if action in ("pause", "unpause"):
+                (self._paused.add if action == "pause" else self._paused.discard)(container_id)
+                return self._event(slot, action, None, f"container {short} {action}d")
+            if action == "oom":
+                self._oom.add(container_id)
+                return self._event(slot, "oom", None, f"container {short} was OOM-killed")
+            self._paused.discard(container_id)
+            if container_id in self._planned:  # stopped by Warden's own update or scale
+                self._planned.discard(container_id)
+                return None
+        code = int(attrs["exitCode"]) if attrs.get("exitCode", "").isdigit() else None
+        return self._event(slot, "die", code, f"container {short} died (exit code {code})")
+
+    def _event(self, slot: str, kind: str, code: int | None, detail: str) -> EngineEvent:
+        return EngineEvent(
+            at=self._clock.now(), replica_id=slot, kind=kind, exit_code=code, detail=detail
+        )
+
+    def _ours(self, slot: str) -> bool:
+        prefix, _, number = slot.rpartition("-")
+        return prefix == self._settings.service and number.isdigit()
+
+
+def _checked_manager(connect: Connect) -> docker.DockerClient:
+    """A client of an engine that is a Swarm manager, or a BackendError saying how to get one."""
+    try:
+        client = connect()
+        swarm = client.info().get("Swarm", {})
+    except docker.errors.DockerException as exc:
+        raise BackendError(f"swarm: cannot reach the Docker engine: {_explain(exc)}") from exc
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        client.close()
+        raise BackendError(
+            f"swarm: this Docker engine is not a Swarm manager (state "
+            f"{swarm.get('LocalNodeState')!r}); run `{INIT_HINT}` or use backend kind docker"
+        )
+    return client
+
+
+def _task_state(state: str, container: Mapping[str, Any]) -> tuple[ReplicaState, int | None]:
+    """Replica state and exit code of a task's ``Status.State``."""
+    if state == "running":
+        return ReplicaState.RUNNING, None
+    if state in _STARTING:
+        return ReplicaState.STARTING, None
+    if state in _EXITED:
+        ran = bool(container.get("ContainerID"))
+        return ReplicaState.EXITED, int(container.get("ExitCode", 0)) if ran else None
+    return ReplicaState.STARTING, None  # a state newer than this code: not an exit
+
+
+def _instance_time(
+    task: dict[str, Any], tasks: list[dict[str, Any]], *, known: bool
+) -> float | None:
+    """``started_at`` that changes exactly once per new task, when its process appears.
+
+    A task without a process yet keeps the previous task's time, so the observer counts one
+    restart when the new process shows up, and none on the very first start.
+    """
+    if known:
+        return _created(task)
+    older = [t for t in tasks if _created(t) < _created(task)]
+    return _created(older[0]) if older else None
+
+
+def _from_labels(slot: str, url: str, labels: Mapping[str, str], state: ReplicaState) -> Replica:
+    return Replica(
+        id=slot,
+        url=url,
+        release=labels.get(LABEL_RELEASE, ""),
+        state=state,
+        generation=int(labels.get(LABEL_GENERATION, 0)),
+    )
+
+
+def _live_containers(tasks: list[dict[str, Any]]) -> set[str]:
+    """Containers of ``tasks`` that run (or are being started) now."""
+    live = {"starting", "running"}
+    return {c for t in tasks if t["Status"].get("State") in live and (c := _container_id(t))}
+
+
+def _container_id(task: dict[str, Any]) -> str | None:
+    container = task.get("Status", {}).get("ContainerStatus") or {}
+    found = container.get("ContainerID")
+    return str(found) if found else None
+
+
+def _created(task: dict[str, Any]) -> float:
+    """A task's creation time in epoch seconds (Docker gives nanoseconds; Python takes micro)."""
+    text = str(task.get("CreatedAt", ""))
+    if not text:
+        return 0.0
+    head, _, rest = text.rstrip("Z").partition(".")
+    fraction = rest[:6].ljust(6, "0") if rest else "000000"
+    return datetime.fromisoformat(f"{head}.{fraction}+00:00").timestamp()
+
+
+def _slot_number(slot: str) -> int:
+    number = slot.rpartition("-")[2]
+    if not number.isdigit() or int(number) < 1:
+        raise BackendError(f"slot {slot!r} has no number; slots are named <service>-<n>")
+    return int(number)
+
+
+def _explain(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc)
