@@ -109,6 +109,11 @@ class BackendSettings(_Section):
     memory_limit_bytes: ByteSize = Field(None, alias="memory_limit")
     cpus: float | None = Field(None, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)  # docker: extra labels on all it creates
+    # docker: how the agent reaches replicas. published: their port 8000 published on 127.0.0.1
+    # (an agent on the host); network: the container's address on `network` (an agent in a
+    # container on that network); auto: network when `network` is set and the agent runs in a
+    # container (/.dockerenv), else published.
+    reach: Literal["auto", "published", "network"] = "auto"
 
     @model_validator(mode="after")
     def _replicas_fit(self) -> BackendSettings:

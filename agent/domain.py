@@ -69,6 +69,9 @@ class CanaryItemResult:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CanaryResult:
     items: tuple[CanaryItemResult, ...]
+    # Non-empty when no answer came back at all (timeout, connection refused): the run measured
+    # nothing about correctness, so it must not count as wrong answers.
+    unanswered: str = ""
 
     @property
     def failures(self) -> int:

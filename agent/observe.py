@@ -97,6 +97,8 @@ class Observer:
         self._window_s = metrics_window_s
         self._restart_window_s = restart_window_s
         self._startup_grace_s = startup_grace_s
+        # A canary is one batch of real predictions: give it more than a liveness probe.
+        self._canary_timeout_s = max(5.0, timeout_s * 4)
         self._gpu = gpu or GpuCollector()
         self._memory: dict[str, _Memory] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="warden-probe")
@@ -173,7 +175,7 @@ class Observer:
         metrics = scrape(self._client, r.url, self._timeout_s)
         canary = None
         if ready.ok and canaries_due:
-            canary = run_canaries(self._client, r.url, self._canaries(), self._timeout_s * 4)
+            canary = run_canaries(self._client, r.url, self._canaries(), self._canary_timeout_s)
         return _Probed(
             health=health, ready=ready, metrics=metrics, canary=canary, resources=resources
         )
@@ -202,8 +204,15 @@ class Observer:
             mem.samples.append((now, p.metrics))
             while len(mem.samples) > 2 and now - mem.samples[1][0] >= self._window_s:
                 mem.samples.popleft()
-        if p.canary is not None:
+        if p.canary is not None and not p.canary.unanswered:
             mem.canary, mem.canary_at = p.canary, now
+        elif p.canary is not None:
+            mem.canary_at = now  # try again after the interval; keep the last real verdict
+            log.info(
+                "%s: canaries got no answer (%s); health and latency rules cover that",
+                r.id,
+                p.canary.unanswered,
+            )
         return mem
 
     def _replica_signals(

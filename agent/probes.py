@@ -97,9 +97,11 @@ def run_canaries(
     reply = _call(client, "POST", _url(base_url, "/predict"), timeout_s, payload=payload)
     predictions, reason = _predictions(reply, len(canaries))
     if predictions is None:
-        return CanaryResult(items=tuple(_all_failed(c, reply.latency_s, reason) for c in canaries))
-    items = (_check(c, p, reply.latency_s) for c, p in zip(canaries, predictions, strict=True))
-    return CanaryResult(items=tuple(items))
+        items = tuple(_all_failed(c, reply.latency_s, reason) for c in canaries)
+        unanswered = reason if reply.status_code is None else ""
+        return CanaryResult(items=items, unanswered=unanswered)
+    checked = (_check(c, p, reply.latency_s) for c, p in zip(canaries, predictions, strict=True))
+    return CanaryResult(items=tuple(checked))
 
 
 def _predictions(reply: _Reply, expected_count: int) -> tuple[list[dict[str, Any]] | None, str]:

@@ -279,12 +279,13 @@ step_wheelhouse() {
   local reqf=$CACHE/wheel-requirements.txt
   wheel_reqs >"$reqf"
   # Only wheels: the images have no compiler; a package without a wheel fails here, loudly.
-  "$PY" -m pip download -q --only-binary=:all: -d "$WHEELS" -r "$reqf" >&2 ||
-    die "pip download failed" "check PyPI access from this host (pip config list)"
+  local plog=$CACHE/pip-download.log
+  "$PY" -m pip download --only-binary=:all: -d "$WHEELS" -r "$reqf" >"$plog" 2>&1 ||
+    { tail -n 20 "$plog" >&2; die "pip download failed (log: $plog)" "check PyPI access from this host (pip config list)"; }
   # shellcheck disable=SC2046
-  "$PY" -m pip download -q --no-deps -d "$WHEELS" \
-    $("$PY" "$REPO/scripts/requirements.py" nodeps "$REPO/pyproject.toml") >&2 ||
-    die "pip download --no-deps failed"
+  "$PY" -m pip download --no-deps -d "$WHEELS" \
+    $("$PY" "$REPO/scripts/requirements.py" nodeps "$REPO/pyproject.toml") >>"$plog" 2>&1 ||
+    { tail -n 20 "$plog" >&2; die "pip download --no-deps failed (log: $plog)"; }
   echo "$want" >"$WHEELS/.stamp"
   say "wheelhouse: $(find "$WHEELS" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1)"
 }

@@ -6,11 +6,12 @@ and removes only containers with the project, service and slot labels, so anythi
 engine, even from the same image, is never touched. Containers outlive the agent: a restarted
 agent adopts them by label.
 
-Addresses: each replica publishes port 8000 on 127.0.0.1 at a random host port, and its URL is
-that port (an agent on the host). With ``backend.network`` set, replicas join that user-defined
-network (created if missing) with the service name as network alias, and the URL is the
-container's IP on it, which an agent on the same network (docker-compose) and an agent on the
-Linux host both reach.
+Addresses: each replica publishes port 8000 on 127.0.0.1 at a random host port. With
+``backend.network`` set, replicas also join that user-defined network (created if missing) with
+the service name as network alias. The URL the agent probes (``backend.reach``) is the published
+port (``published``: an agent on the host) or the container's IP on the network (``network``: an
+agent in a container on that network, e.g. docker-compose); ``auto`` picks ``network`` when the
+network is set and the agent itself runs in a container (``/.dockerenv`` exists).
 
 Events: one thread follows the engine's events for our labels (reconnecting with backoff when
 dockerd restarts) and turns ``die``, ``oom``, ``health_status: unhealthy``, ``pause``,
@@ -88,12 +89,14 @@ class ContainerSettings:
     memory_limit_bytes: int | None = None
     cpus: float | None = None
     grace_s: float = DEFAULT_GRACE_S
+    via_network: bool = False  # URLs: the container's IP on ``network``, not the published port
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Details:
     """What only ``inspect`` tells: cached per (container, state) until an event says otherwise."""
 
+    status: str  # inspect's State.Status: fresher than the list, which lags an exit briefly
     pid: int | None
     started_at: float | None
     exit_code: int | None
@@ -147,6 +150,7 @@ class DockerBackend:
             labels=dict(b.labels),
             memory_limit_bytes=int(b.memory_limit_bytes) if b.memory_limit_bytes else None,
             cpus=b.cpus,
+            via_network=_via_network(b.reach, b.network),
         )
         try:
             client = docker.from_env(version=API_VERSION, timeout=60, max_pool_size=32)
@@ -338,15 +342,15 @@ class DockerBackend:
 
     def _replica(self, summary: Mapping[str, Any]) -> Replica | None:
         labels, container_id = summary["Labels"], summary["Id"]
-        state = _STATES.get(str(summary.get("State")), ReplicaState.STARTING)
+        details = self._inspect(container_id, str(summary.get("State")))
+        if details is None:
+            return None  # removed between the list and the inspect
+        state = _STATES.get(details.status, ReplicaState.STARTING)
         if self._ledger.left_alone(container_id) and state in (
             ReplicaState.EXITED,
             ReplicaState.STARTING,
         ):
             state = ReplicaState.STOPPED
-        details = self._inspect(container_id, str(summary.get("State")))
-        if details is None:
-            return None  # removed between the list and the inspect
         alive = state in (ReplicaState.RUNNING, ReplicaState.PAUSED)
         return Replica(
             id=labels[SLOT],
@@ -362,7 +366,7 @@ class DockerBackend:
         )
 
     def _url(self, summary: Mapping[str, Any]) -> str:
-        if self._cfg.network:
+        if self._cfg.via_network:
             networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
             address = (networks.get(self._cfg.network) or {}).get("IPAddress")
             return f"http://{address}:{SERVER_PORT}" if address else ""
@@ -385,6 +389,7 @@ class DockerBackend:
             raise BackendError(f"inspect {container_id[:12]}: {exc}; {SETUP_HINT}") from exc
         s = info.get("State") or {}
         details = _Details(
+            status=str(s.get("Status") or state),
             pid=int(s["Pid"]) if s.get("Pid") else None,
             started_at=_timestamp(s.get("StartedAt")),
             exit_code=int(s["ExitCode"]) if s.get("ExitCode") is not None else None,
@@ -516,6 +521,14 @@ def _timestamp(text: Any) -> float | None:
         return datetime.fromisoformat(f"{head.rstrip('Z')}.{fraction:0<6}+00:00").timestamp()
     except ValueError:
         return None
+
+
+def _via_network(reach: str, network: str) -> bool:
+    """Whether replica URLs use the container's IP on ``network`` (see ``backend.reach``)."""
+    if reach == "network" and not network:
+        raise BackendError("backend.reach is network but backend.network is not set; set both")
+    in_container = Path("/.dockerenv").exists()
+    return reach == "network" or (reach == "auto" and bool(network) and in_container)
 
 
 def _int(text: str | None) -> int:

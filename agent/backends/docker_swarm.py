@@ -317,7 +317,7 @@ class SwarmBackend:
         slot's port, and a probe would take its answers for the new task's."""
         live = self._plan_stop(current["ID"])
         self._send_update(slot, current, change, merge=merge)
-        self._await_stopped(slot, current["ID"], live)
+        self._await_stopped(slot, live)
 
     def _send_update(
         self, slot: str, current: dict[str, Any], change: dict[str, Any], *, merge: bool
@@ -343,20 +343,31 @@ class SwarmBackend:
             self._planned |= {c for t in tasks if (c := _container_id(t))}
         return _live_containers(tasks)
 
-    def _await_stopped(self, slot: str, service_id: str, containers: set[str]) -> None:
-        """Poll the tasks until none of ``containers`` runs (or the stop grace period passes)."""
+    def _await_stopped(self, slot: str, containers: set[str]) -> None:
+        """Poll ``containers`` until none runs (or the stop grace period has passed).
+
+        The containers are asked, not the tasks: a task reports its shutdown seconds after its
+        container has stopped."""
         deadline = self._clock.monotonic() + self._settings.stop_grace_s + STOP_SLACK_S
         while containers:
-            tasks = self._call(
-                "list tasks", self._client.api.tasks, filters={"service": service_id}
-            )
-            containers &= _live_containers(tasks)
+            containers = {c for c in containers if self._running(c)}
             if not containers:
                 return
             if self._clock.monotonic() > deadline:
                 logger.warning("service %s: old task still runs after the stop grace period", slot)
                 return
             self._clock.sleep(STOP_POLL_S)
+
+    def _running(self, container_id: str) -> bool:
+        try:
+            state = self._client.api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.DockerException as exc:
+            raise BackendError(
+                f"swarm: inspect container {container_id[:12]}: {_explain(exc)}"
+            ) from exc
+        return bool(state.get("Running"))
 
     def _one(self, slot: str) -> Replica:
         for replica in self.list_replicas():

@@ -141,3 +141,71 @@ def run_replica(docker_client: Any) -> Iterator[Callable[..., Replica]]:
             container.remove(force=True, v=True)
         except Exception as exc:  # already gone is fine; anything else is worth a line
             print(f"cleanup: {container.name}: {exc}")
+
+
+# --- Swarm (tests/docker/test_swarm.py) ---------------------------------------------------------
+
+SWARM_INIT = {"advertise_addr": "127.0.0.1", "listen_addr": "127.0.0.1:2377"}
+
+
+def _swarm_state(client: Any) -> tuple[str, bool]:
+    swarm = client.info().get("Swarm", {})
+    return str(swarm.get("LocalNodeState", "")), bool(swarm.get("ControlAvailable"))
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_client: Any) -> Any:
+    """The engine as a Swarm manager: ``docker swarm init --advertise-addr 127.0.0.1
+    --listen-addr 127.0.0.1:2377`` unless it already is one (idempotent; the swarm is left in
+    place for the next run). Yields the docker client."""
+    import docker.errors
+
+    state, manager = _swarm_state(docker_client)
+    if state == "inactive":
+        try:
+            docker_client.swarm.init(**SWARM_INIT)
+        except docker.errors.APIError as exc:  # a parallel session may have just done it
+            if "already part of a swarm" not in str(exc):
+                raise
+        state, manager = _swarm_state(docker_client)
+    assert state == "active" and manager, (
+        f"the engine is in Swarm state {state!r} (manager: {manager}); Swarm tests need a "
+        "manager: `docker swarm leave --force` then rerun, or run `docker swarm init "
+        "--advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377`"
+    )
+    return docker_client
+
+
+# --- Docker backend (tests/docker/test_docker_backend.py, test_docker_healing.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def test_network(docker_client: Any) -> Iterator[str]:
+    """A user-defined bridge network for the backend's replicas, removed at the end of the
+    session (replicas on it are reached at their published loopback port as usual)."""
+    name = f"warden-test-{SESSION_ID}"
+    yield name
+    for network in docker_client.networks.list(names=[name]):
+        try:
+            network.remove()
+        except Exception as exc:
+            print(f"cleanup: network {name}: {exc}")
+
+
+def remove_project(docker_client: Any, project: str) -> None:
+    """Remove every container labelled ``warden.project=<project>`` (what a backend created)."""
+    for container in docker_client.containers.list(
+        all=True, filters={"label": f"warden.project={project}"}
+    ):
+        try:
+            container.remove(force=True, v=True)
+        except Exception as exc:
+            print(f"cleanup: {container.name}: {exc}")
+
+
+@pytest.fixture
+def backend_project(docker_client: Any) -> Iterator[str]:
+    """A fresh ``warden.project`` for one test; its containers are removed at teardown."""
+    project = f"wt-{SESSION_ID}-{uuid.uuid4().hex[:6]}"
+    yield project
+    remove_project(docker_client, project)

@@ -76,3 +76,55 @@ def wait_health(docker_client: Any, replica: Replica, want: str, timeout: float)
             return status
         time.sleep(0.5)
     return status
+
+
+def restart_engine(docker_client: Any, timeout: float = 90.0) -> float:
+    """Restart the dockerd that scripts/engine.sh started: SIGTERM the pid in its pidfile, wait
+    for it to exit, start it again with the very same command line and environment (read from
+    /proc), and wait until it answers. Returns the seconds the engine was away."""
+    import os
+    import signal
+    import subprocess
+
+    pidfile = os.environ.get("WARDEN_DOCKER_PIDFILE", "/run/warden-docker.pid")
+    log_path = os.environ.get("WARDEN_DOCKER_LOG", "/var/log/warden-docker.log")
+    with open(pidfile, encoding="ascii") as handle:
+        pid = int(handle.read().strip())
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        argv = [a.decode() for a in handle.read().split(b"\0") if a]
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        env = dict(e.decode().split("=", 1) for e in handle.read().split(b"\0") if b"=" in e)
+    started = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    deadline = started + timeout
+    while os.path.exists(f"/proc/{pid}") and _not_zombie(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dockerd (pid {pid}) still runs {timeout:.0f} s after SIGTERM")
+        time.sleep(0.1)
+    with open(log_path, "ab") as log:  # like engine.sh: setsid nohup dockerd ... >>LOG
+        subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    while True:
+        try:
+            docker_client.ping()
+            return time.monotonic() - started
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"dockerd did not answer again within {timeout:.0f} s"
+                ) from exc
+        time.sleep(0.2)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

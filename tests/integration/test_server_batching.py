@@ -111,6 +111,7 @@ def test_ready_is_503_until_the_model_loaded_and_warmed_up(tiny_models: TinyMode
     assert early.json() == {
         "ready": False,
         "reason": "waiting 2 s (--load-delay) before loading",
+        "failed": False,
         "release": "dev",
     }
     assert early_predict.status_code == 503

@@ -230,6 +230,7 @@ def test_model_that_cannot_load_keeps_ready_503_with_the_reason(tmp_path: Any) -
         health = httpx.get(server.url + "/health", timeout=10.0)
     assert ready.status_code == 503
     assert ready.json()["ready"] is False
+    assert ready.json()["failed"] is True  # will not become ready without a fix and restart
     assert ready.json()["reason"] == (
         f"model load failed: model directory {missing} does not exist or is not a directory"
     )

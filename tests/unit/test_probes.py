@@ -359,3 +359,28 @@ def test_ready_probe_of_a_loading_server_is_not_permanent() -> None:
     result = probe_ready(client, "http://replica:8000", 0.5)
 
     assert (result.ok, result.permanent) == (False, False)
+
+
+def test_canaries_that_get_no_answer_are_unanswered_not_wrong() -> None:
+    def hang(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    client = httpx.Client(transport=httpx.MockTransport(hang))
+    canary = Canary(name="billing", input="refund", expected="billing", min_confidence=0.3)
+
+    result = run_canaries(client, "http://replica:8000", [canary], 0.5)
+
+    assert result.unanswered != ""
+    assert result.failures == 1
+
+
+def test_canaries_answered_with_a_server_error_are_failures_not_unanswered() -> None:
+    client = httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(500, json={"error": {}}))
+    )
+    canary = Canary(name="billing", input="refund", expected="billing", min_confidence=0.3)
+
+    result = run_canaries(client, "http://replica:8000", [canary], 0.5)
+
+    assert result.unanswered == ""
+    assert result.failures == 1
