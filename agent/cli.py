@@ -178,13 +178,19 @@ def agent(
         Path | None, typer.Option(help="Append every tick's signals to this JSON-lines file.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Decide and record, but never act.")
+    ] = False,
 ) -> None:
     """Run only the agent, with the backend from the config (process, docker or swarm).
 
     Example: `warden agent --config warden.yaml`.
     """
     _logging(log_level)
-    _run(_config(config), embedded=False, trace=record_trace)
+    cfg = _config(config)
+    if dry_run:
+        cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"dry_run": True})})
+    _run(cfg, embedded=False, trace=record_trace)
 
 
 @app.command(

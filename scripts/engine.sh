@@ -77,7 +77,8 @@ TAG=${WARDEN_TAG:-good}
 AGENT_TAG=${WARDEN_AGENT_TAG:-latest}
 PY=${WARDEN_PYTHON:-python3}
 ENV_FILE=${WARDEN_ENGINE_ENV_FILE:-$REPO/.warden-engine.env}
-# Extra dockerd flags, word-split (e.g. "--bridge=none --iptables=false" for a second engine).
+# Extra dockerd flags, word-split. Never "--bridge=none" beside another engine: dockerd then
+# deletes the host's docker0 interface, which the other engine's default bridge uses.
 DOCKERD_ARGS=${WARDEN_DOCKERD_ARGS:-}
 BASE_IMAGE=local/bookworm-py:base
 ROOTFS_TAR=$CACHE/bookworm-py-rootfs.tar
@@ -313,11 +314,16 @@ stage_context() {
   cp -al "$WHEELS" "$ctx/wheels" 2>/dev/null || cp -a "$WHEELS" "$ctx/wheels"
 }
 
-# build IMAGE HASH LOG docker-build-args... : build unless IMAGE carries label warden.source-hash=HASH
+# up_to_date IMAGE HASH : IMAGE exists with label warden.source-hash=HASH (and no --force)
+up_to_date() {
+  [ "$FORCE" = 0 ] && image_exists "$1" && [ "$(image_label "$1" warden.source-hash)" = "$2" ]
+}
+
+# build IMAGE HASH LOG docker-build-args... : build unless IMAGE is up to date with HASH
 build() {
   local image=$1 hash=$2 name=$3
   shift 3
-  if [ "$FORCE" = 0 ] && image_exists "$image" && [ "$(image_label "$image" warden.source-hash)" = "$hash" ]; then
+  if up_to_date "$image" "$hash"; then
     say "image: $image up to date ($hash)"
     return 0
   fi
@@ -346,7 +352,9 @@ step_images() {
   fi
   h=$( { echo "$base_id $wstamp $TAG"; hash_paths pyproject.toml scripts/requirements.py inference; } | sha256sum | cut -c1-16)
   ctx=$CACHE/ctx/inference
-  if [ "$MODE" != check ]; then stage_context "$ctx" pyproject.toml README.md LICENSE scripts/requirements.py inference; fi
+  if [ "$MODE" != check ] && ! up_to_date "warden-inference:$TAG" "$h"; then
+    stage_context "$ctx" pyproject.toml README.md LICENSE scripts/requirements.py inference
+  fi
   build "warden-inference:$TAG" "$h" inference "${common[@]}" --build-arg "RELEASE=$TAG" \
     -f "$ctx/inference/Dockerfile" "$ctx"
   local good_id
@@ -366,7 +374,9 @@ step_images() {
   if [ -f "$REPO/agent/Dockerfile" ]; then
     h=$( { echo "$base_id $wstamp $AGENT_TAG"; hash_paths pyproject.toml scripts/requirements.py agent; } | sha256sum | cut -c1-16)
     ctx=$CACHE/ctx/agent
-    if [ "$MODE" != check ]; then stage_context "$ctx" pyproject.toml README.md LICENSE scripts/requirements.py agent; fi
+    if [ "$MODE" != check ] && ! up_to_date "warden-agent:$AGENT_TAG" "$h"; then
+      stage_context "$ctx" pyproject.toml README.md LICENSE scripts/requirements.py agent
+    fi
     build "warden-agent:$AGENT_TAG" "$h" agent "${common[@]}" --build-arg "RELEASE=$AGENT_TAG" \
       -f "$ctx/agent/Dockerfile" "$ctx"
   else
@@ -386,7 +396,7 @@ step_images() {
     h=$( { echo "$base_id"; sha256sum "$src" | cut -c1-64; [ -d "$share" ] && (cd "$share" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
            hash_paths "deploy/$bin.Dockerfile"; } | sha256sum | cut -c1-16)
     ctx=$CACHE/ctx/$bin
-    if [ "$MODE" != check ] && { [ "$FORCE" = 1 ] || [ "$(image_label "warden-$bin:local" warden.source-hash)" != "$h" ]; }; then
+    if [ "$MODE" != check ] && ! up_to_date "warden-$bin:local" "$h"; then
       rm -rf "$ctx" && mkdir -p "$ctx/share" && cp "$src" "$ctx/$bin"
       if [ -d "$share" ]; then cp -a "$share/." "$ctx/share/"; fi
     fi
@@ -406,8 +416,16 @@ fi
 step_packages
 step_engine
 if [ "$MODE" != engine ] && [ -n "$ENGINE_HOST" ]; then
-  step_base_image
-  step_wheelhouse
+  if [ "$MODE" = all ]; then
+    # Independent and both mostly waiting on downloads: debootstrap and pip download in parallel.
+    step_wheelhouse &
+    wheel_pid=$!
+    step_base_image
+    wait "$wheel_pid" || die "the wheelhouse step failed (see above)"
+  else
+    step_base_image
+    step_wheelhouse
+  fi
   if [ "$MODE" = check ] && ! image_exists "$BASE_IMAGE"; then
     missing "all images (no base image yet)"
   else

@@ -13,11 +13,11 @@ port (``published``: an agent on the host) or the container's IP on the network 
 agent in a container on that network, e.g. docker-compose); ``auto`` picks ``network`` when the
 network is set and the agent itself runs in a container (``/.dockerenv`` exists).
 
-Events: one thread follows the engine's events for our labels (reconnecting with backoff when
-dockerd restarts) and turns ``die``, ``oom``, ``health_status: unhealthy``, ``pause``,
-``unpause`` and ``start`` into ``EngineEvent`` at once. Who stopped a container is in
-``docker_stops``: Warden's own stops are no crashes, and a container a person stopped with
-``docker stop`` is reported STOPPED and left alone.
+Events: one thread follows the engine's events for our labels (``docker_events``, reconnecting
+with backoff when dockerd restarts); ``docker_stops.interpret`` turns ``die``, ``oom``,
+``health_status: unhealthy``, ``pause``, ``unpause`` and ``start`` into ``EngineEvent`` at once
+and tracks who stopped a container: Warden's own stops are no crashes, and a container a person
+stopped with ``docker stop`` is reported STOPPED and left alone.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,28 @@ import requests
 
 from agent.backends.base import ReleaseSpec, ResourceSample
 from agent.backends.docker_events import ContainerEvent, EventFollower, EventStream, parse_event
+from agent.backends.docker_replicas import (
+    GENERATION,
+    PROJECT,
+    RELEASE,
+    SERVER_PORT,
+    SERVICE_LABEL,
+    SLOT,
+    Details,
+    details_from,
+    replica_from,
+    slot_order,
+    url_from,
+)
 from agent.backends.docker_stats import StatsSampler
-from agent.backends.docker_stops import StopLedger
+from agent.backends.docker_stops import StopLedger, interpret
 from agent.clock import Clock, SystemClock
 from agent.config import WardenConfig
-from agent.domain import SERVICE, EngineEvent, Replica, ReplicaState
+from agent.domain import SERVICE, EngineEvent, Replica
 from agent.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-PROJECT, SERVICE_LABEL, SLOT = "warden.project", "warden.service", "warden.slot"
-RELEASE, GENERATION = "warden.release", "warden.generation"
-SERVER_PORT = 8000
 API_VERSION = "1.41"  # Debian's docker.io 20.10; newer engines accept it too
 DEFAULT_GRACE_S = 5.0
 SETUP_HINT = (
@@ -57,23 +66,6 @@ SETUP_HINT = (
     "`sudo bash scripts/engine.sh`); the agent keeps retrying"
 )
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
-_EVENT_KINDS = {
-    "die": "die",
-    "oom": "oom",
-    "health_status: unhealthy": "unhealthy",
-    "pause": "pause",
-    "unpause": "unpause",
-    "start": "start",
-}
-_STATES = {
-    "running": ReplicaState.RUNNING,
-    "paused": ReplicaState.PAUSED,
-    "exited": ReplicaState.EXITED,
-    "dead": ReplicaState.EXITED,
-    "created": ReplicaState.STARTING,
-    "restarting": ReplicaState.STARTING,
-    "removing": ReplicaState.STOPPED,
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,17 +82,6 @@ class ContainerSettings:
     cpus: float | None = None
     grace_s: float = DEFAULT_GRACE_S
     via_network: bool = False  # URLs: the container's IP on ``network``, not the published port
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Details:
-    """What only ``inspect`` tells: cached per (container, state) until an event says otherwise."""
-
-    status: str  # inspect's State.Status: fresher than the list, which lags an exit briefly
-    pid: int | None
-    started_at: float | None
-    exit_code: int | None
-    oom_killed: bool
 
 
 class DockerBackend:
@@ -127,7 +108,7 @@ class DockerBackend:
         self._ops = threading.RLock()  # one start/stop/restart at a time
         self._events: list[EngineEvent] = []
         self._callbacks: list[Callable[[EngineEvent], None]] = []
-        self._details: dict[tuple[str, str], _Details] = {}
+        self._details: dict[tuple[str, str], Details] = {}
         self._network_ready = False
         self._follower = EventFollower(
             connect=self._connect_events,
@@ -174,7 +155,7 @@ class DockerBackend:
         for summary in sorted(summaries, key=lambda s: int(s.get("Created", 0))):
             newest[summary["Labels"][SLOT]] = summary  # a leftover twin loses to the newest
         replicas = [r for r in map(self._replica, newest.values()) if r is not None]
-        return sorted(replicas, key=lambda r: _slot_order(r.id))
+        return sorted(replicas, key=slot_order)
 
     def start_replica(self, slot: str, release: ReleaseSpec, generation: int) -> Replica:
         """Remove ``slot``'s container(s), then create and start one running ``release``."""
@@ -306,19 +287,24 @@ class DockerBackend:
             container_id = summary["Id"]
             self._ledger.plan(container_id)
             if summary.get("State") == "running":
-                with contextlib.suppress(BackendError):  # removed below with force anyway
-                    self._call(
-                        f"stop replica {slot}",
-                        self._client.api.stop,
-                        container_id,
-                        timeout=int(self._cfg.grace_s),
-                    )
+                self._stop_gracefully(container_id)
             try:
                 self._client.api.remove_container(container_id, v=True, force=True)
             except docker.errors.NotFound:
                 continue
             except _ENGINE_ERRORS as exc:
                 raise BackendError(f"remove replica {slot} ({container_id[:12]}): {exc}") from exc
+
+    def _stop_gracefully(self, container_id: str) -> None:
+        """SIGTERM plus SIGCONT (a SIGSTOPped server can then act on it), and wait up to the
+        grace period; whatever still runs is killed by the forced remove that follows."""
+        api = self._client.api
+        try:
+            api.kill(container_id, signal="SIGTERM")
+            api.kill(container_id, signal="SIGCONT")
+            api.wait(container_id, timeout=self._cfg.grace_s)
+        except _ENGINE_ERRORS as exc:  # timed out, or exited already: the remove settles it
+            log.debug("graceful stop of %s: %r", container_id[:12], exc)
 
     def _ensure_network(self) -> None:
         """Create ``backend.network`` (a bridge) when it does not exist yet."""
@@ -341,41 +327,19 @@ class DockerBackend:
     # --- what a container looks like ---------------------------------------------------------
 
     def _replica(self, summary: Mapping[str, Any]) -> Replica | None:
-        labels, container_id = summary["Labels"], summary["Id"]
-        details = self._inspect(container_id, str(summary.get("State")))
+        details = self._inspect(summary["Id"], str(summary.get("State")))
         if details is None:
             return None  # removed between the list and the inspect
-        state = _STATES.get(details.status, ReplicaState.STARTING)
-        if self._ledger.left_alone(container_id) and state in (
-            ReplicaState.EXITED,
-            ReplicaState.STARTING,
-        ):
-            state = ReplicaState.STOPPED
-        alive = state in (ReplicaState.RUNNING, ReplicaState.PAUSED)
-        return Replica(
-            id=labels[SLOT],
-            url=self._url(summary),
-            release=labels.get(RELEASE, ""),
-            state=state,
-            generation=_int(labels.get(GENERATION)),
-            pid=details.pid if alive else None,
-            container_id=container_id[:12],
-            started_at=details.started_at,
-            exit_code=details.exit_code if state is ReplicaState.EXITED else None,
-            oom_killed=details.oom_killed and state is ReplicaState.EXITED,
+        network = self._cfg.network if self._cfg.via_network else None
+        return replica_from(
+            summary,
+            details,
+            url=url_from(summary, network),
+            stopped_by_person=self._ledger.left_alone(summary["Id"]),
         )
 
-    def _url(self, summary: Mapping[str, Any]) -> str:
-        if self._cfg.via_network:
-            networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
-            address = (networks.get(self._cfg.network) or {}).get("IPAddress")
-            return f"http://{address}:{SERVER_PORT}" if address else ""
-        for port in summary.get("Ports") or ():
-            if port.get("PrivatePort") == SERVER_PORT and port.get("PublicPort"):
-                return f"http://127.0.0.1:{port['PublicPort']}"
-        return ""  # not running: nothing listens
-
-    def _inspect(self, container_id: str, state: str) -> _Details | None:
+    def _inspect(self, container_id: str, state: str) -> Details | None:
+        """``inspect`` once per (container, listed state); events clear the cache."""
         key = (container_id, state)
         with self._lock:
             cached = self._details.get(key)
@@ -387,14 +351,7 @@ class DockerBackend:
             return None
         except _ENGINE_ERRORS as exc:
             raise BackendError(f"inspect {container_id[:12]}: {exc}; {SETUP_HINT}") from exc
-        s = info.get("State") or {}
-        details = _Details(
-            status=str(s.get("Status") or state),
-            pid=int(s["Pid"]) if s.get("Pid") else None,
-            started_at=_timestamp(s.get("StartedAt")),
-            exit_code=int(s["ExitCode"]) if s.get("ExitCode") is not None else None,
-            oom_killed=bool(s.get("OOMKilled")),
-        )
+        details = details_from(info, state)
         with self._lock:
             self._details = {k: v for k, v in self._details.items() if k[0] != container_id}
             self._details[key] = details
@@ -443,32 +400,11 @@ class DockerBackend:
             self._emit(engine_event)
 
     def _translate(self, event: ContainerEvent) -> EngineEvent | None:
-        """Apply ``event`` to the stop ledger; the ``EngineEvent`` to report, if any."""
-        ledger, cid = self._ledger, event.container_id
-        if event.action == "kill":
-            if ledger.killed(cid, event.signal):
-                log.info(
-                    "%s (%s): stop requested by someone else than Warden", event.slot, cid[:12]
-                )
+        """The ``EngineEvent`` to report for ``event`` (after updating the stop ledger)."""
+        meaning = interpret(event, self._ledger)
+        if meaning is None:
             return None
-        if event.action == "stop":
-            if not ledger.stopped(cid):
-                return None
-            detail = f"{cid[:12]} stopped by a person (docker stop): left alone until started again"
-            return self._engine_event(event, "stop", detail)
-        if event.action == "start":
-            ledger.started(cid)
-        elif event.action == "destroy":
-            ledger.destroyed(cid)
-            return None
-        kind = _EVENT_KINDS.get(event.action)
-        if kind is None or (
-            kind in ("die", "oom") and (ledger.is_planned(cid) or ledger.by_person(cid))
-        ):
-            return None
-        return self._engine_event(event, kind, _describe(event, kind))
-
-    def _engine_event(self, event: ContainerEvent, kind: str, detail: str) -> EngineEvent:
+        kind, detail = meaning
         return EngineEvent(
             at=event.at or self._clock.now(),
             replica_id=event.slot,
@@ -490,17 +426,6 @@ class DockerBackend:
                 log.exception("event callback %r failed for %s", callback, event)
 
 
-def _describe(event: ContainerEvent, kind: str) -> str:
-    cid = event.container_id[:12]
-    if kind == "die":
-        return f"container {cid} exited with code {event.exit_code}"
-    if kind == "oom":
-        return f"container {cid} ran out of memory (OOM kill)"
-    if kind == "unhealthy":
-        return f"container {cid} failed its Docker HEALTHCHECK"
-    return f"container {cid}: {kind}"
-
-
 def _command(release: ReleaseSpec) -> list[str] | None:
     """The image's own command unless the release adds server flags (model, task, args)."""
     extra = [*(["--model", release.model] if release.model else [])]
@@ -511,33 +436,12 @@ def _command(release: ReleaseSpec) -> list[str] | None:
     return ["python", "-m", "inference", "--host", "0.0.0.0", "--port", str(SERVER_PORT), *extra]  # noqa: S104
 
 
-def _timestamp(text: Any) -> float | None:
-    """Docker's RFC 3339 time with nanoseconds (``2026-11-23T13:14:36.123456789Z``)."""
-    if not isinstance(text, str) or text.startswith("0001-"):
-        return None
-    head, _, rest = text.partition(".")
-    fraction = rest.rstrip("Z")[:6] if rest else "0"
-    try:
-        return datetime.fromisoformat(f"{head.rstrip('Z')}.{fraction:0<6}+00:00").timestamp()
-    except ValueError:
-        return None
-
-
 def _via_network(reach: str, network: str) -> bool:
     """Whether replica URLs use the container's IP on ``network`` (see ``backend.reach``)."""
     if reach == "network" and not network:
         raise BackendError("backend.reach is network but backend.network is not set; set both")
     in_container = Path("/.dockerenv").exists()
     return reach == "network" or (reach == "auto" and bool(network) and in_container)
-
-
-def _int(text: str | None) -> int:
-    return int(text) if text is not None and text.isdigit() else 0
-
-
-def _slot_order(slot: str) -> tuple[int, str]:
-    number = slot.rpartition("-")[2]
-    return (int(number) if number.isdigit() else 1 << 30, slot)
 
 
 def _host() -> str:

@@ -1,4 +1,4 @@
-"""Who stopped a container: Warden (planned), a person (left alone), or nobody (a crash).
+"""What a container event means: who stopped a container (Warden, a person, nobody: a crash).
 
 Docker does not record who stopped a container, so the Docker backend keeps this ledger from the
 events it sees:
@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from agent.backends.docker_events import ContainerEvent
 from agent.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,15 @@ log = logging.getLogger(__name__)
 PLANNED_TTL_S = 120.0
 ENGINE_SHUTDOWN_WINDOW_S = 30.0  # dockerd's default shutdown timeout is 15 s
 STOP_SIGNALS = frozenset({"15", "SIGTERM", "TERM"})
+# Docker event actions reported as engine events, by the name Warden records them under.
+REPORTED = {
+    "die": "die",
+    "oom": "oom",
+    "health_status: unhealthy": "unhealthy",
+    "pause": "pause",
+    "unpause": "unpause",
+    "start": "start",
+}
 
 
 class StopLedger:
@@ -153,3 +163,42 @@ class StopLedger:
         tmp = self._path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"stopped_by_person": sorted(self._stopped)}), encoding="utf-8")
         os.replace(tmp, self._path)
+
+
+def interpret(event: ContainerEvent, ledger: StopLedger) -> tuple[str, str] | None:
+    """Apply ``event`` to ``ledger``; the (kind, detail) to report as an engine event, if any.
+
+    ``kill`` and ``destroy`` only update the ledger; ``stop`` is reported when it confirms a
+    person's stop; ``die`` and ``oom`` are not reported for Warden's own or a person's stop.
+    """
+    cid = event.container_id
+    if event.action == "kill":
+        if ledger.killed(cid, event.signal):
+            log.info("%s (%s): stop requested by someone else than Warden", event.slot, cid[:12])
+        return None
+    if event.action == "stop":
+        if not ledger.stopped(cid):
+            return None
+        return "stop", f"{cid[:12]} stopped by a person (docker stop): left alone until started"
+    if event.action == "start":
+        ledger.started(cid)
+    elif event.action == "destroy":
+        ledger.destroyed(cid)
+        return None
+    kind = REPORTED.get(event.action)
+    if kind is None:
+        return None
+    if kind in ("die", "oom") and (ledger.is_planned(cid) or ledger.by_person(cid)):
+        return None
+    return kind, _describe(event, kind)
+
+
+def _describe(event: ContainerEvent, kind: str) -> str:
+    cid = event.container_id[:12]
+    if kind == "die":
+        return f"container {cid} exited with code {event.exit_code}"
+    if kind == "oom":
+        return f"container {cid} ran out of memory (OOM kill)"
+    if kind == "unhealthy":
+        return f"container {cid} failed its Docker HEALTHCHECK"
+    return f"container {cid}: {kind}"

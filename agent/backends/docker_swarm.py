@@ -25,7 +25,6 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import docker
@@ -41,6 +40,16 @@ from docker.types import (
 )
 
 from agent.backends.base import ReleaseSpec, ResourceSample
+from agent.backends.docker_swarm_tasks import (
+    LABEL_GENERATION,
+    LABEL_RELEASE,
+    LABEL_SERVICE,
+    LABEL_SLOT,
+    container_id,
+    live_containers,
+    replica_from,
+    slot_number,
+)
 from agent.backends.docker_swarm_watch import Connect, EventStream, StatsSampler
 from agent.clock import Clock, SystemClock
 from agent.config import WardenConfig
@@ -49,29 +58,12 @@ from agent.errors import BackendError
 
 logger = logging.getLogger(__name__)
 
-LABEL_SERVICE = "warden.service"
-LABEL_SLOT = "warden.slot"
-LABEL_RELEASE = "warden.release"
-LABEL_GENERATION = "warden.generation"
 LABEL_BACKEND = "warden.backend"  # on containers: "swarm" (the docker backend owns warden.service)
 SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"  # set by Swarm on every task container
 TARGET_PORT = 8000
 STOP_POLL_S = 0.1  # how often a replacement polls for the old task to have stopped
 STOP_SLACK_S = 5.0  # beyond the stop grace period: SIGKILL and the engine's bookkeeping
 INIT_HINT = "docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377"
-
-_STARTING = {
-    "new",
-    "allocated",
-    "pending",
-    "assigned",
-    "accepted",
-    "preparing",
-    "ready",
-    "starting",
-}
-_EXITED = {"complete", "failed", "rejected", "shutdown", "remove", "orphaned"}
-_CURRENT = {"ready", "running"}  # desired states of the task that is (or will be) the slot's
 
 
 def connect_from_env() -> docker.DockerClient:
@@ -91,7 +83,10 @@ class SwarmSettings:
     memory_limit_bytes: int | None = None
     cpus: float | None = None
     network: str = ""
-    labels: Mapping[str, str] | None = None  # extra labels on services and containers
+    # Extra labels on the services, not on their containers: a container belongs to its service
+    # (remove the service, not the container), and a sweep of labelled containers must not kill
+    # tasks behind Swarm's back.
+    labels: Mapping[str, str] | None = None
     stop_grace_s: float = 10.0
     stats_interval_s: float = 2.0
 
@@ -165,12 +160,14 @@ class SwarmBackend:
         by_service: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         for task in tasks:
             by_service.setdefault(task["ServiceID"], []).append(task)
+        self._forget_gone({c for t in tasks if (c := container_id(t))})
         replicas = [self._replica(s, by_service[s["ID"]]) for s in services]
-        return sorted(replicas, key=lambda r: _slot_number(r.id))
+        return sorted(replicas, key=lambda r: slot_number(r.id))
 
     def start_replica(self, slot: str, release: ReleaseSpec, generation: int) -> Replica:
         """Create ``slot``'s service, or update it to ``release`` and restart its task."""
         with self._ops:
+            self._require_image(self._image(release))
             current = self._inspect(slot)
             if current is None:
                 spec = self._spec(slot, release, generation, force=0)
@@ -237,13 +234,13 @@ class SwarmBackend:
             LABEL_RELEASE: release.tag,
             LABEL_GENERATION: str(generation),
         }
-        image = release.image or f"{s.image_repository}:{release.tag}"
+        image = self._image(release)
         env = {**(s.env or {}), "WARDEN_RELEASE": release.tag, **release.env}
         container = ContainerSpec(
             image=image,
             args=self._args(image, release),
             env=[f"{k}={v}" for k, v in env.items()],
-            labels={**(s.labels or {}), **marks, LABEL_BACKEND: "swarm"},
+            labels={**marks, LABEL_BACKEND: "swarm"},
             stop_grace_period=int(s.stop_grace_s * 1e9),
         )
         resources = Resources(
@@ -280,8 +277,24 @@ class SwarmBackend:
             raise BackendError(f"image {image}: {exc} (build or load it on this node)") from exc
         return [*command, *flags]
 
+    def _image(self, release: ReleaseSpec) -> str:
+        return release.image or f"{self._settings.image_repository}:{release.tag}"
+
+    def _require_image(self, image: str) -> None:
+        """Fail early and clearly: without a registry a task cannot get an image this node lacks
+        (Swarm would only reject the task, "No such image")."""
+        try:
+            self._client.api.inspect_image(image)
+        except docker.errors.ImageNotFound as exc:
+            raise BackendError(
+                f"image {image} is not on this node and no registry is used: build it "
+                "(scripts/engine.sh) or `docker load` it first"
+            ) from exc
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"swarm: inspect image {image} failed: {_explain(exc)}") from exc
+
     def _port(self, slot: str) -> int:
-        port = self._settings.base_port + _slot_number(slot) - 1
+        port = self._settings.base_port + slot_number(slot) - 1
         if not 0 < port < 65536:
             raise BackendError(f"slot {slot}: port {port} is out of range (lower backend.port)")
         return port
@@ -340,8 +353,8 @@ class SwarmBackend:
         returns those that run now."""
         tasks = self._call("list tasks", self._client.api.tasks, filters={"service": service_id})
         with self._lock:
-            self._planned |= {c for t in tasks if (c := _container_id(t))}
-        return _live_containers(tasks)
+            self._planned |= {c for t in tasks if (c := container_id(t))}
+        return live_containers(tasks)
 
     def _await_stopped(self, slot: str, containers: set[str]) -> None:
         """Poll ``containers`` until none runs (or the stop grace period has passed).
@@ -375,53 +388,22 @@ class SwarmBackend:
                 return replica
         raise BackendError(f"swarm: service {slot} vanished right after it was started")
 
+    def _forget_gone(self, known: set[str]) -> None:
+        """Drop remembered containers whose tasks Swarm no longer keeps (bounded memory)."""
+        with self._lock:
+            self._planned &= known
+            self._paused &= known
+            self._oom &= known
+
     def _filter(self) -> dict[str, str]:
         return {"label": f"{LABEL_SERVICE}={self._settings.service}"}
 
     # --- what a slot looks like -------------------------------------------------------------
 
     def _replica(self, service: dict[str, Any], tasks: list[dict[str, Any]]) -> Replica:
-        spec = service["Spec"]
-        labels = spec.get("Labels", {})
-        slot = labels.get(LABEL_SLOT, spec["Name"])
-        ports = spec.get("EndpointSpec", {}).get("Ports") or [{}]
-        port = ports[0].get("PublishedPort", self._port(slot))
-        url = f"http://{self._settings.host}:{port}"
-        tasks = sorted(tasks, key=_created, reverse=True)
-        current = next((t for t in tasks if t.get("DesiredState") in _CURRENT), None)
-        if spec["Mode"].get("Replicated", {}).get("Replicas", 1) == 0:
-            return _from_labels(slot, url, labels, ReplicaState.STOPPED)
-        current = current or (tasks[0] if tasks else None)
-        if current is None:  # just created: no task scheduled yet
-            return _from_labels(slot, url, labels, ReplicaState.STARTING)
-        return self._from_task(slot, url, current, tasks)
-
-    def _from_task(
-        self, slot: str, url: str, task: dict[str, Any], tasks: list[dict[str, Any]]
-    ) -> Replica:
-        status = task.get("Status", {})
-        container = status.get("ContainerStatus") or {}
-        container_id = container.get("ContainerID") or None
-        state, exit_code = _task_state(status.get("State", ""), container)
         with self._lock:
-            if state is ReplicaState.RUNNING and container_id in self._paused:
-                state = ReplicaState.PAUSED
-            oom = container_id in self._oom
-        live = state in (ReplicaState.RUNNING, ReplicaState.PAUSED)
-        pid = int(container.get("PID") or 0) if live else 0
-        labels = task["Spec"].get("ContainerSpec", {}).get("Labels", {})
-        return Replica(
-            id=slot,
-            url=url,
-            release=labels.get(LABEL_RELEASE, ""),
-            state=state,
-            generation=int(labels.get(LABEL_GENERATION, 0)),
-            pid=pid or None,
-            container_id=container_id,
-            started_at=_instance_time(task, tasks, known=bool(pid) or state is ReplicaState.EXITED),
-            exit_code=exit_code,
-            oom_killed=oom,
-        )
+            paused, oom = frozenset(self._paused), frozenset(self._oom)
+        return replica_from(service, tasks, host=self._settings.host, paused=paused, oom=oom)
 
     # --- engine events -------------------------------------------------------------------------
 
@@ -497,71 +479,6 @@ def _checked_manager(connect: Connect) -> docker.DockerClient:
             f"{swarm.get('LocalNodeState')!r}); run `{INIT_HINT}` or use backend kind docker"
         )
     return client
-
-
-def _task_state(state: str, container: Mapping[str, Any]) -> tuple[ReplicaState, int | None]:
-    """Replica state and exit code of a task's ``Status.State``."""
-    if state == "running":
-        return ReplicaState.RUNNING, None
-    if state in _STARTING:
-        return ReplicaState.STARTING, None
-    if state in _EXITED:
-        ran = bool(container.get("ContainerID"))
-        return ReplicaState.EXITED, int(container.get("ExitCode", 0)) if ran else None
-    return ReplicaState.STARTING, None  # a state newer than this code: not an exit
-
-
-def _instance_time(
-    task: dict[str, Any], tasks: list[dict[str, Any]], *, known: bool
-) -> float | None:
-    """``started_at`` that changes exactly once per new task, when its process appears.
-
-    A task without a process yet keeps the previous task's time, so the observer counts one
-    restart when the new process shows up, and none on the very first start.
-    """
-    if known:
-        return _created(task)
-    older = [t for t in tasks if _created(t) < _created(task)]
-    return _created(older[0]) if older else None
-
-
-def _from_labels(slot: str, url: str, labels: Mapping[str, str], state: ReplicaState) -> Replica:
-    return Replica(
-        id=slot,
-        url=url,
-        release=labels.get(LABEL_RELEASE, ""),
-        state=state,
-        generation=int(labels.get(LABEL_GENERATION, 0)),
-    )
-
-
-def _live_containers(tasks: list[dict[str, Any]]) -> set[str]:
-    """Containers of ``tasks`` that run (or are being started) now."""
-    live = {"starting", "running"}
-    return {c for t in tasks if t["Status"].get("State") in live and (c := _container_id(t))}
-
-
-def _container_id(task: dict[str, Any]) -> str | None:
-    container = task.get("Status", {}).get("ContainerStatus") or {}
-    found = container.get("ContainerID")
-    return str(found) if found else None
-
-
-def _created(task: dict[str, Any]) -> float:
-    """A task's creation time in epoch seconds (Docker gives nanoseconds; Python takes micro)."""
-    text = str(task.get("CreatedAt", ""))
-    if not text:
-        return 0.0
-    head, _, rest = text.rstrip("Z").partition(".")
-    fraction = rest[:6].ljust(6, "0") if rest else "000000"
-    return datetime.fromisoformat(f"{head}.{fraction}+00:00").timestamp()
-
-
-def _slot_number(slot: str) -> int:
-    number = slot.rpartition("-")[2]
-    if not number.isdigit() or int(number) < 1:
-        raise BackendError(f"slot {slot!r} has no number; slots are named <service>-<n>")
-    return int(number)
 
 
 def _explain(exc: Exception) -> str:

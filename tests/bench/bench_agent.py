@@ -10,14 +10,16 @@ and what watching replicas costs the agent. All in one run, measured from outsid
    event file; wall clock, so t0 is also taken with ``time.time()``); "ready again" is the first
    200 from the replica's ``/ready`` (polled every 20 ms) once the old process is gone. The
    baseline's fault lands at a stratified phase after one of its probes (0.5/n, 1.5/n, ... of the
-   period), so its median is its expected value, not luck. The agent's fault is injected first
-   and has healed before the baseline decides, so the two model loads do not overlap.
-   Model load time: every baseline (re)start is a cold ``python -m inference`` start; its time
-   from spawn to the first 200 from ``/ready`` is the load time that "ready again" is judged by.
-2. Idle cost. Before the faults, for ``--idle-seconds``: CPU (user + system of the agent process
-   only, not its replicas) and RSS of (a) the agent above with its one real replica, and agents
-   watching (b) 1 and (c) 20 replicas of ``tests/integration/fake_server.py`` (a torch-free
-   stand-in). Also whether torch is mapped into the agent process (``/proc/<pid>/maps``).
+   period), so its median is its expected value, not luck. The agent's fault is injected first,
+   so it has normally healed before the baseline decides and the two model loads do not overlap
+   (rounds where they did are counted and reported).
+   Model load time: every baseline restart is a cold ``python -m inference`` start; its time
+   from spawn to the first 200 from ``/ready`` is the load time "ready again" is judged by.
+2. Idle cost. Everything starts at once; then, before the faults, for ``--idle-seconds``: CPU
+   (user + system of the agent process only, not its replicas) and RSS of (a) the agent above
+   with its one real replica, and agents watching (b) 1 and (c) 20 replicas of
+   ``tests/integration/fake_server.py`` (a torch-free stand-in). Also whether torch is mapped
+   into the agent process (``/proc/<pid>/maps``).
 
 Then it prints a table and rewrites its own section of docs/benchmarks.md (between the
 ``bench-agent`` markers). Run: ``bash scripts/bench-agent.sh`` (about 10 minutes).
@@ -40,6 +42,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +140,13 @@ class Recovery:
 
     supervisor: str  # "warden" or "baseline"
     fault: str
+    t0_wall: float = 0.0  # when the fault was injected (time.time())
     detected_s: float | None = None  # restart decision's own timestamp
     recorded_s: float | None = None  # when the bench first saw the decision written
     started_s: float | None = None  # new server process started
     ready_s: float | None = None  # first 200 from /ready
+    restarts: int = 0  # restart decisions for this one fault (more than 1: it restarted again)
+    canary_wait: bool = False  # the agent's tick was stuck in a canary call that timed out
 
     @property
     def load_s(self) -> float | None:
@@ -170,6 +176,7 @@ def follow(
     deadline = fault.t0_mono + FAULT_TIMEOUT_S
     while time.monotonic() < deadline:
         for record in tail.new():
+            recovery.restarts += is_decision(record)
             if recovery.detected_s is None and is_decision(record):
                 recovery.detected_s = record["ts"] - fault.t0_wall
                 recovery.recorded_s = time.monotonic() - fault.t0_mono
@@ -198,6 +205,10 @@ def _idle(status: dict[str, Any]) -> bool:
     )
 
 
+def _is_restart(record: dict[str, Any]) -> bool:
+    return record.get("kind") == "decision" and record.get("action") == "restart"
+
+
 def agent_fault(agent: RunningAgent, kind: str) -> Recovery:
     """Inject ``kind`` into the agent's replica; follow it until ready again and settled."""
     (pid,) = agent.replica_pids()
@@ -207,14 +218,28 @@ def agent_fault(agent: RunningAgent, kind: str) -> Recovery:
         fault,
         agent.server_port,
         tail,
-        Recovery(supervisor="warden", fault=kind),
-        is_decision=lambda r: r.get("kind") == "decision" and r.get("action") == "restart",
+        Recovery(supervisor="warden", fault=kind, t0_wall=fault.t0_wall),
+        is_decision=_is_restart,
     )
     status = agent.wait(_idle, "the restart to be verified and the rules resolved", 120)
+    recovery.restarts += sum(_is_restart(r) for r in tail.new())
+    if recovery.detected_s is not None:
+        window = (fault.t0_wall, fault.t0_wall + recovery.detected_s + 1.0)
+        recovery.canary_wait = any(window[0] <= t <= window[1] for t in unanswered_canaries(agent))
     started_at = status["replicas"][0]["started_at"]
     if started_at is not None and started_at > fault.t0_wall:
         recovery.started_s = started_at - fault.t0_wall
     return recovery
+
+
+def unanswered_canaries(agent: RunningAgent) -> list[float]:
+    """When the agent logged "canaries got no answer" (its log is in local time)."""
+    found = []
+    for line in agent.log_path.read_text(errors="replace").splitlines():
+        if "canaries got no answer" in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            found.append(stamp.timestamp())
+    return found
 
 
 @dataclass(slots=True)
@@ -261,7 +286,7 @@ def running_baseline(root: Path) -> Iterator[Baseline]:
 
 
 def wait_cold_start(baseline: Baseline) -> float:
-    """The baseline's first server: seconds from its start to the first 200 from /ready."""
+    """Wait for the baseline's first server; seconds from its start to the first ready."""
     deadline = time.monotonic() + FAULT_TIMEOUT_S
     while ready_status(baseline.port) != 200:
         if baseline.process.poll() is not None or time.monotonic() > deadline:
@@ -285,7 +310,7 @@ def baseline_fault(baseline: Baseline, kind: str, phase_s: float) -> Recovery:
         fault,
         baseline.port,
         tail,
-        Recovery(supervisor="baseline", fault=kind),
+        Recovery(supervisor="baseline", fault=kind, t0_wall=fault.t0_wall),
         is_decision=lambda r: r["event"] == "restart",
         is_start=lambda r: r["event"] == "started",
     )
@@ -311,7 +336,8 @@ def fault_rounds(agent: RunningAgent, baseline: Baseline, runs: int) -> list[Rec
 
 
 def _one_line(r: Recovery) -> str:
-    return f"{r.supervisor} {r.fault}: detected {_s(r.detected_s)}, ready {_s(r.ready_s)}"
+    extra = f" ({r.restarts} restarts)" if r.restarts != 1 else ""
+    return f"{r.supervisor} {r.fault}: detected {_s(r.detected_s)}, ready {_s(r.ready_s)}{extra}"
 
 
 # --- idle cost ---------------------------------------------------------------------------------
@@ -363,6 +389,7 @@ def measure_idle(agents: dict[str, tuple[RunningAgent, int]], seconds: float) ->
     audits = {label: len(agent.audit()) for label, (agent, _) in agents.items()}
     before = {label: _cpu(p) for label, p in procs.items()}
     started = time.monotonic()
+    print(f"measuring idle cost for {seconds:g} s", flush=True)
     time.sleep(seconds)  # the measurement window
     elapsed = time.monotonic() - started
     costs = []
@@ -380,6 +407,8 @@ def measure_idle(agents: dict[str, tuple[RunningAgent, int]], seconds: float) ->
                 decisions=sum(1 for r in new if r.get("kind") == "decision"),
             )
         )
+    for c in costs:
+        print(f"  {c.label}: {c.cpu_percent:.1f} % CPU, {c.rss_mib:.0f} MiB, torch={c.torch}")
     return costs
 
 
@@ -394,17 +423,19 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 def metrics_parse_ms(port: int, repeat: int = 200) -> tuple[float, int]:
-    """Time ``parse_metrics`` on the real server's ``/metrics`` (the fake server has none)."""
+    """CPU ms of one ``parse_metrics`` of the real server's ``/metrics`` (the stand-in has none).
+
+    CPU time, not wall time: on a loaded machine this process waits for a core too."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
     text = data.split(b"\r\n\r\n", 1)[1].decode()
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(repeat):
         parse_metrics(text)
-    return 1000 * (time.perf_counter() - started) / repeat, len(text)
+    return 1000 * (time.process_time() - started) / repeat, len(text)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -438,6 +469,12 @@ class Results:
     metrics_bytes: int
     minutes: float
 
+    def overlaps(self) -> int:
+        """Rounds where the baseline decided to restart before the agent's replica was ready
+        again (their model loads overlapped)."""
+        pairs = zip(self.runs[::2], self.runs[1::2], strict=True)
+        return sum(_ends(w, "ready_s") > _ends(b, "detected_s") for w, b in pairs)
+
     def pick(self, supervisor: str, fault: str) -> list[Recovery]:
         return [r for r in self.runs if r.supervisor == supervisor and r.fault == fault]
 
@@ -446,22 +483,29 @@ class Results:
         return None if stats is None else stats[1]
 
 
+def _ends(r: Recovery, what: str) -> float:
+    value = getattr(r, what)
+    return r.t0_wall + (FAULT_TIMEOUT_S if value is None else value)
+
+
 def recovery_table(res: Results) -> str:
     rows = [
-        "| fault | supervisor | n | detected | ready again | restart → ready |",
-        "|---" * 6 + "|",
+        "| fault | supervisor | n | detected | new process | ready again | start → ready "
+        "| restarts |",
+        "|---" * 8 + "|",
     ]
     for fault in ("crash", "hang"):
         for who in ("warden", "baseline"):
             runs = res.pick(who, fault)
             rows.append(
                 f"| {fault} | {who} | {len(runs)} | {fmt(spread([r.detected_s for r in runs]))} "
+                f"| {fmt(spread([r.started_s for r in runs]))} "
                 f"| {fmt(spread([r.ready_s for r in runs]))} "
-                f"| {fmt(spread([r.load_s for r in runs]))} |"
+                f"| {fmt(spread([r.load_s for r in runs]))} | {sum(r.restarts for r in runs)} |"
             )
     rows.append(
-        f"| — | cold start `python -m inference` → `/ready` | {len(res.cold_loads)} | — "
-        f"| {fmt(spread(list(res.cold_loads)))} | — |"
+        f"| — | cold start `python -m inference` → `/ready` | {len(res.cold_loads)} | — | — "
+        f"| — | {fmt(spread(list(res.cold_loads)))} | — |"
     )
     return "\n".join(rows)
 
@@ -539,12 +583,14 @@ def render(res: Results) -> str:
     runs = len(res.pick("warden", "crash"))
     window = res.idle[0].seconds if res.idle else 0.0
     per_20 = 20 * res.parse_ms / 10  # ms per second at 1 Hz -> % of one core
+    hangs = res.pick("warden", "hang")
+    canary_waits = f"{sum(r.canary_wait for r in hangs)} of {len(hangs)}"
     return f"""{START}
 Measured {m["date"]} on {m["nproc"]} CPUs ({m["cpu"]}), Python {m["python"]}; load average at
 start {m["load_start"]}, at the end {m["load_end"]} (other jobs share this machine: compare rows
 of one run, not runs). Took {res.minutes:.1f} minutes.
 
-Command: `{res.command}` (runs `tests/bench/bench_agent.py`).
+Command: `{res.command}` (runs `tests/bench/bench_agent.py`) on commit {m["code"]}.
 
 ### Time to detect and to be ready again
 
@@ -558,11 +604,16 @@ defaults; the fault lands at phases spread evenly over its period).
 
 - *detected*: the restart decision's timestamp (Warden `audit.jsonl` `ts` — the start of the
   tick that decided, so for a hang up to one 0.5 s probe timeout before the decision was
-  written — or the baseline's event). *ready again*: first 200 from the replica's `/ready`
-  (polled every 20 ms) after the old process is gone. *restart → ready*: from the new process's
-  start to ready, i.e. a cold start. The cold-start row is every baseline (re)start, taken while
-  the agent's replica idled.
-- Warden's rounds run first and heal before the baseline decides, so no two model loads overlap.
+  written — or the baseline's event). *new process*: the replacement server was started.
+  *ready again*: first 200 from the replica's `/ready` (polled every 20 ms) after the old
+  process is gone. *start → ready*: from the new process's start to ready, i.e. a cold start;
+  the cold-start row is every baseline restart (its first start overlapped the agent's and is
+  not counted). *restarts*: restart decisions in all runs (one per fault is right; more means
+  a replica was restarted again while it loaded).
+- Each round hits Warden first, so it normally heals before the baseline decides and the two
+  model loads do not overlap; they overlapped in {res.overlaps()} of {len(res.runs) // 2} rounds.
+- Warden hang detections that waited for a canary call to time out (the fault hit while the
+  tick was running canaries): {canary_waits}.
 - The baseline only probes; it does not watch for exits, so it finds a crash like a hang. A real
   kubelet also restarts a container whose process exits (at once the first time, then with
   CrashLoopBackOff), but it kills a hung one with SIGTERM and waits up to 30 s before SIGKILL;
@@ -584,7 +635,7 @@ model; the stand-in is `tests/integration/fake_server.py` (same flags and `/heal
 {idle_table(res)}
 
 - The stand-in has no `/metrics` (404), so with it the agent skips parsing metrics. Parsing the
-  real server's `/metrics` ({res.metrics_bytes} bytes) takes {res.parse_ms:.2f} ms in-process,
+  real server's `/metrics` ({res.metrics_bytes} bytes) takes {res.parse_ms:.2f} ms of CPU,
   about {per_20:.1f} % of one core more for 20 real replicas at 1 probe/s.
 {END}"""
 
@@ -618,7 +669,21 @@ def machine(load: str) -> dict[str, str]:
         "cpu": cpu_model(),
         "python": platform.python_version(),
         "load_start": load,
+        "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The commit measured, and whether agent/ or inference/ differ from it."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "agent", "inference")
+    return git("rev-parse", "--short", "HEAD") + (
+        " (agent/ or inference/ modified)" if dirty else ""
+    )
 
 
 def loadavg() -> str:
@@ -630,23 +695,27 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     print(f"machine: {info}", flush=True)
     (tmp / "warden").mkdir()
     with ExitStack() as stack:
+        # Everything starts at once (the first model loads overlap, so the baseline's first
+        # start is not counted as a cold start); the stand-in agents stop after the idle window.
         warden = stack.enter_context(
             running_agent(tmp / "warden", extra={"probe": AGENT_PROBE, "policy": AGENT_POLICY})
         )
-        warden.wait_serving("v1")
         baseline = stack.enter_context(running_baseline(tmp / "baseline"))
-        cold = [wait_cold_start(baseline)]
-        print(f"both serving after {time.monotonic() - started:.0f} s", flush=True)
-        idle = idle_phase(tmp, warden, args)
+        with ExitStack() as fakes:
+            agents = {"1 real replica (model)": (warden, 1), **start_fakes(fakes, tmp, args)}
+            wait_cold_start(baseline)
+            for agent, _ in agents.values():
+                agent.wait_serving("v1")
+            print(f"all serving after {time.monotonic() - started:.0f} s", flush=True)
+            idle = measure_idle(agents, args.idle_seconds)
         parse_ms, size = metrics_parse_ms(warden.server_port)
         runs = fault_rounds(warden, baseline, args.runs)
-        cold += [r.load_s for r in runs if r.supervisor == "baseline" and r.load_s is not None]
     info["load_end"] = loadavg()
     return Results(
         machine=info,
-        command="bash scripts/bench-agent.sh " + " ".join(sys.argv[1:]),
+        command=" ".join(["bash scripts/bench-agent.sh", *sys.argv[1:]]),
         runs=runs,
-        cold_loads=cold,
+        cold_loads=[r.load_s for r in runs if r.supervisor == "baseline" and r.load_s is not None],
         idle=idle,
         parse_ms=parse_ms,
         metrics_bytes=size,
@@ -654,24 +723,19 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     )
 
 
-def idle_phase(tmp: Path, warden: RunningAgent, args: argparse.Namespace) -> list[IdleCost]:
-    """Measure the agents' idle cost; the stand-in agents are stopped afterwards."""
-    with ExitStack() as fakes:
-        agents = {"1 real replica (model)": (warden, 1)}
-        for n in sorted({1, args.fake_replicas}):
-            root = tmp / f"fake-{n}"
-            root.mkdir()
-            agent = fakes.enter_context(
-                running_agent(root, rules=healing_rules(root), extra=fake_agent_config(root, n))
-            )
-            agents[f"{n} stand-in replica{'s' if n > 1 else ''}"] = (agent, n)
-        for agent, _ in agents.values():
-            agent.wait_serving("v1")
-        print(f"measuring idle cost for {args.idle_seconds:g} s", flush=True)
-        costs = measure_idle(agents, args.idle_seconds)
-    for c in costs:
-        print(f"  {c.label}: {c.cpu_percent:.1f} % CPU, {c.rss_mib:.0f} MiB, torch={c.torch}")
-    return costs
+def start_fakes(
+    stack: ExitStack, tmp: Path, args: argparse.Namespace
+) -> dict[str, tuple[RunningAgent, int]]:
+    """Agents watching 1 and ``--fake-replicas`` stand-in servers (stopped with ``stack``)."""
+    agents = {}
+    for n in sorted({1, args.fake_replicas}):
+        root = tmp / f"fake-{n}"
+        root.mkdir()
+        agent = stack.enter_context(
+            running_agent(root, rules=healing_rules(root), extra=fake_agent_config(root, n))
+        )
+        agents[f"{n} stand-in replica{'s' if n > 1 else ''}"] = (agent, n)
+    return agents
 
 
 def main() -> int:

@@ -174,12 +174,12 @@ def server(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(timeout=30)
 
 
-def raw_batch32(seconds: float) -> float:
+def raw_batch32(seconds: float, threads: int | None) -> float:
     """Sequences per second of the raw model at batch 32, in this process."""
     from inference.domain import PredictItem
     from inference.models import load_predictor
 
-    predictor = load_predictor(model_dir=None, task="auto", device="cpu")
+    predictor = load_predictor(model_dir=None, task="auto", device="cpu", threads=threads)
     batch = [PredictItem(text=PHRASES[i % len(PHRASES)]) for i in range(32)]
     predictor.predict_batch(batch)
     done, started = 0, time.perf_counter()
@@ -213,7 +213,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def render(raw: float, warden: dict[str, object], naive: dict[str, object], secs: float) -> str:
+def render(
+    raw: float,
+    warden: dict[str, object],
+    naive: dict[str, object],
+    secs: float,
+    threads: int | None,
+) -> str:
     wl, nl = warden["loads"], naive["loads"]
     assert isinstance(wl, dict) and isinstance(nl, dict)
     w32, n32 = wl[32].throughput, nl[32].throughput
@@ -226,14 +232,17 @@ def render(raw: float, warden: dict[str, object], naive: dict[str, object], secs
     wh, nh = warden["half"], naive["half"]
     assert isinstance(wh, Load) and isinstance(nh, Load)
     mib = 1024 * 1024
+    flag = f" --threads {threads}" if threads else ""
     return f"""{SECTION}
 
 Measured {time.strftime("%Y-%m-%d")} on {os.cpu_count()} CPUs ({cpu_model()}), Python
 {platform.python_version()}, torch CPU, model all-MiniLM-L6-v2 (task `classify`), one short
 customer-service phrase per request. Client, servers and model share the same CPUs (other work
-on the machine adds noise); each closed-loop point runs {secs:g} s.
+on the machine adds noise); each closed-loop point runs {secs:g} s. Torch threads:
+{threads or "torch default"} (same for all three). Load average at the end:
+{os.getloadavg()[0]:.1f}.
 
-Command: `bash scripts/bench-server.sh` (runs `tests/bench/bench_server.py`; about 2-3 minutes).
+Command: `bash scripts/bench-server.sh{flag}` (runs `tests/bench/bench_server.py`; 2-3 minutes).
 
 Raw model, in-process, batch 32: **{raw:.0f} sequences/s**.
 
@@ -266,17 +275,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Inference server benchmark")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load point")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads everywhere")
     args = parser.parse_args()
-    raw = raw_batch32(args.seconds)
+    extra = [] if args.threads is None else ["--threads", str(args.threads)]
+    raw = raw_batch32(args.seconds, args.threads)
     print(f"raw batch-32: {raw:.0f} seq/s", flush=True)
     port = free_port()
     warden = measure_server(
-        [sys.executable, "-m", "inference", "--port", str(port)], port, args.seconds
+        [sys.executable, "-m", "inference", "--port", str(port), *extra], port, args.seconds
     )
     port = free_port()
     naive_cmd = [sys.executable, str(REPO / "tests/bench/naive_server.py"), "--port", str(port)]
+    naive_cmd += extra
     naive = measure_server(naive_cmd, port, args.seconds)
-    text = render(raw, warden, naive, args.seconds)
+    text = render(raw, warden, naive, args.seconds, args.threads)
     print(text)
     if not args.no_write:
         write_section(text)

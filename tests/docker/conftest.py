@@ -10,7 +10,8 @@ Helpers for other Docker tests:
   for ``docker`` / ``docker-compose`` subprocesses.
 - ``images``: asserts the release images exist; maps ``good``/``bad``/``broken`` to image names.
 - ``run_replica``: starts a labelled container on a random loopback host port and removes it at
-  teardown; ``wait_ready(replica)`` polls ``/ready`` with a deadline.
+  teardown. ``tests/docker/helpers.py``: ``wait_ready(replica)`` polls ``/ready`` with a deadline,
+  ``wait_health`` polls the HEALTHCHECK status, ``host_port`` reads the published port.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def test_network(docker_client: Any) -> Iterator[str]:
     """A user-defined bridge network for the backend's replicas, removed at the end of the
     session (replicas on it are reached at their published loopback port as usual)."""
     name = f"warden-test-{SESSION_ID}"
+    docker_client.networks.create(name, driver="bridge", labels={TEST_LABEL: SESSION_ID})
     yield name
     for network in docker_client.networks.list(names=[name]):
         try:

@@ -128,3 +128,17 @@ def _not_zombie(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def pause_container(container: Any, timeout: float = 30.0) -> None:
+    """``docker pause``, retried: freezing a container that is busy (importing torch) sometimes
+    fails with "unable to freeze" on this engine; a moment later it works."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            container.pause()
+            return
+        except Exception as exc:
+            if "unable to freeze" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)

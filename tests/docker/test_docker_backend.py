@@ -22,6 +22,7 @@ from agent.backends.docker_backend import ContainerSettings, DockerBackend
 from agent.domain import EngineEvent, Replica, ReplicaState
 from agent.errors import BackendError
 from tests.docker.conftest import SESSION_ID, TEST_LABEL
+from tests.docker.helpers import pause_container
 from tests.integration.polling import wait_until
 
 SLOT = "inference-1"
@@ -83,22 +84,6 @@ def only(backend: DockerBackend, slot: str = SLOT) -> Replica:
 def wait_state(backend: DockerBackend, state: ReplicaState, timeout: float = 30.0) -> Replica:
     wait_until(lambda: only(backend).state is state, timeout=timeout, what=f"{SLOT} {state}")
     return only(backend)
-
-
-def pause(container: Any) -> None:
-    """``docker pause``, retried: freezing a container that is busy starting (importing torch)
-    sometimes fails with "unable to freeze" on this engine; a moment later it works."""
-
-    def paused() -> bool:
-        try:
-            container.pause()
-        except docker.errors.APIError as exc:
-            if "unable to freeze" not in str(exc):
-                raise
-            return False
-        return True
-
-    wait_until(paused, timeout=30, what=f"docker pause {container.name}")
 
 
 def answers_health(url: str) -> bool:
@@ -220,7 +205,7 @@ def test_paused_replica_is_paused_with_events(
     backend, recorder = make_backend()
     replica = backend.start_replica(SLOT, GOOD, 0)
     container = docker_client.containers.get(replica.container_id)
-    pause(container)
+    pause_container(container)
     assert wait_state(backend, ReplicaState.PAUSED).pid == replica.pid
     wait_until(lambda: "pause" in recorder.kinds(), timeout=10, what="the pause event")
     container.unpause()
@@ -252,6 +237,7 @@ def test_containers_without_our_labels_are_never_touched(
     docker_client: Any,
     images: dict[str, str],
     backend_project: str,
+    test_network: str,
 ) -> None:
     # Same image, same project and service, but no slot label: a container someone else runs.
     stranger = docker_client.containers.run(
@@ -259,6 +245,7 @@ def test_containers_without_our_labels_are_never_touched(
         ["python", "-c", "import time; time.sleep(600)"],
         detach=True,
         name=f"{backend_project}-stranger",
+        network=test_network,
         labels={
             TEST_LABEL: SESSION_ID,
             "warden.project": backend_project,

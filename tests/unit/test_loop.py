@@ -625,3 +625,31 @@ def test_an_alert_firing_when_the_agent_restarted_is_resolved_by_the_new_agent(
         ("am", "resolved"),
         ("hook", "resolved"),
     ]
+
+
+def test_tick_with_the_engine_unreachable_changes_nothing_and_says_why_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.errors import BackendError
+
+    agent = world.agent()
+    started_and_ready(world, agent)
+
+    def down() -> list[Replica]:
+        raise BackendError("list containers: Docker engine at unix:///x.sock is not reachable")
+
+    monkeypatch.setattr(world.engine, "list_replicas", down)
+    world.engine.exit("inference-1")
+    reports = [agent.tick(), agent.tick()]
+    assert [r.problems for r in reports] == [
+        ("engine unreachable: list containers: Docker engine at unix:///x.sock is not reachable",)
+    ] * 2
+    assert all(r.steps == () and r.decisions == () for r in reports)
+    unreachable = [e for e in agent.store.events() if e.kind == "engine-unreachable"]
+    assert len(unreachable) == 1
+    monkeypatch.undo()
+    world.clock.advance(1.0)
+    healed = agent.tick()
+    assert healed.problems == () and healed.steps == (
+        "replace inference-1: generation 0 -> 1 (restart requested)",
+    )
