@@ -426,8 +426,9 @@ def run_rounds(
     rounds = 0
     try:
         for round_no in range(1, args.runs + 1):
-            if rounds and time.monotonic() - started > args.budget_min * 60 * rounds / round_no:
-                print(f"stopping after {rounds} round(s): time budget", flush=True)
+            elapsed = time.monotonic() - started
+            if rounds and elapsed * (rounds + 1) / rounds > args.budget_min * 60:
+                print(f"stopping after {rounds} round(s): another would pass the budget")
                 break
             print(f"round {round_no} (load {loadavg()})", flush=True)
             results.add("crash/warden", warden_fault(agent, client, signal.SIGKILL))

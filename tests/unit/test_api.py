@@ -22,6 +22,7 @@ from agent.metrics import AgentMetrics
 from agent.observe import Observer
 from agent.rules import RuleWatcher
 from agent.state import StateStore
+from tests.unit.fakes import NoGpu
 
 T0 = 1_700_000_000.0
 TOKEN = "t0ken-for-tests"
@@ -91,31 +92,6 @@ def answer(request: httpx.Request) -> httpx.Response:
     if path == "/predict":
         return httpx.Response(200, json={"predictions": [{"label": "billing", "score": 0.9}]})
     return httpx.Response(200, text="")
-
-
-class NoGpu:
-    NVMLError: type[Exception] = RuntimeError
-
-    def nvmlInit(self) -> None:
-        raise RuntimeError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self) -> None:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetCount(self) -> int:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetUtilizationRates(self, handle: object) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetMemoryInfo(self, handle: object) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: object) -> object:
-        raise AssertionError("never started")
 
 
 @pytest.fixture

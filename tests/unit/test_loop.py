@@ -25,6 +25,7 @@ from agent.releases import ReleaseStatus
 from agent.rules import RuleWatcher
 from agent.state import StateStore
 from agent.state_schema import ActionStatus
+from tests.unit.fakes import NoGpu
 
 T0 = 1_700_000_000.0
 CANARIES = (
@@ -136,33 +137,6 @@ class FakeEngine:
             predictions = [{"label": label, "score": 0.9} for label in labels]
             return httpx.Response(200, json={"task": "classify", "predictions": predictions})
         return httpx.Response(404, json={"detail": "not found"})
-
-
-class NoGpu:
-    """An NVML without its library: no GPU series."""
-
-    NVMLError: type[Exception] = RuntimeError
-
-    def nvmlInit(self) -> None:
-        raise RuntimeError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self) -> None:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetCount(self) -> int:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetUtilizationRates(self, handle: object) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetMemoryInfo(self, handle: object) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: object) -> object:
-        raise AssertionError("never started")
 
 
 class World:

@@ -12,6 +12,7 @@ from agent.canaries import Canary
 from agent.collectors import GpuCollector
 from agent.domain import SERVICE, EngineEvent, Replica, ReplicaState
 from agent.observe import Observer
+from tests.unit.fakes import NoGpu
 
 T0 = 1_700_000_000.0
 CANARIES = (
@@ -129,33 +130,6 @@ class FakeBackend:
 
     def close(self) -> None:
         return None
-
-
-class NoGpu:
-    """An NVML whose library is missing: the GPU collector reports nothing."""
-
-    NVMLError: type[Exception] = RuntimeError
-
-    def nvmlInit(self) -> None:
-        raise RuntimeError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self) -> None:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetCount(self) -> int:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetUtilizationRates(self, handle: object) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetMemoryInfo(self, handle: object) -> object:
-        raise AssertionError("never started")
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: object) -> object:
-        raise AssertionError("never started")
 
 
 def replica(
