@@ -163,7 +163,13 @@ class DockerBackend:
             self._remove_slot(slot)
             self._ensure_network()
             container_id = self._create(slot, release, generation)
-            self._call(f"start replica {slot}", self._client.api.start, container_id)
+            try:
+                self._call(f"start replica {slot}", self._client.api.start, container_id)
+            except BackendError:  # a created, never started container would look "starting"
+                self._ledger.plan(container_id)
+                with contextlib.suppress(*_ENGINE_ERRORS):
+                    self._client.api.remove_container(container_id, force=True)
+                raise
             for replica in self.list_replicas():
                 if replica.id == slot:
                     return replica

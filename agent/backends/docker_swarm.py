@@ -10,8 +10,9 @@ container spec say what each *task* runs, so a task still being replaced reports
   ``ForceUpdate`` bumped: any release (not only Swarm's one previous spec) and a restart in one
   call. Swarm replaces the task stop-first (start-first with a host port never finishes).
 - ``stop_replica`` scales the service to 0: the slot is then reported ``STOPPED``.
-- Tasks never restart on their own (restart condition ``none``): a crash is an ``EXITED`` replica
-  with the container's exit code, and Warden's policy (backoff, budgets) decides the restart.
+- Tasks never restart on their own (restart condition ``none``) and are not health-checked by
+  Swarm (it would kill an unhealthy task): a crash is an ``EXITED`` replica with the container's
+  exit code, and Warden's probes and policy (backoff, budgets) decide the restart.
 - Images are never resolved at a registry: the SDK talks to the Engine API, which (unlike the CLI
   without ``--no-resolve-image``) does not ask a registry for a digest; the engine is started with
   ``DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1`` so tasks use the local image.
@@ -32,6 +33,7 @@ import docker.errors
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
+    Healthcheck,
     Resources,
     RestartPolicy,
     ServiceMode,
@@ -61,6 +63,9 @@ logger = logging.getLogger(__name__)
 LABEL_BACKEND = "warden.backend"  # on containers: "swarm" (the docker backend owns warden.service)
 SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"  # set by Swarm on every task container
 TARGET_PORT = 8000
+# Swarm kills a task whose HEALTHCHECK turns unhealthy; Warden probes the replicas itself (with a
+# startup grace and its policy), so the image's check is switched off for tasks.
+NO_HEALTHCHECK = Healthcheck(test=["NONE"])
 STOP_POLL_S = 0.1  # how often a replacement polls for the old task to have stopped
 STOP_SLACK_S = 5.0  # beyond the stop grace period: SIGKILL and the engine's bookkeeping
 INIT_HINT = "docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377"
@@ -242,6 +247,7 @@ class SwarmBackend:
             env=[f"{k}={v}" for k, v in env.items()],
             labels={**marks, LABEL_BACKEND: "swarm"},
             stop_grace_period=int(s.stop_grace_s * 1e9),
+            healthcheck=NO_HEALTHCHECK,
         )
         resources = Resources(
             cpu_limit=int(s.cpus * 1e9) if s.cpus else None,
