@@ -200,6 +200,22 @@ step_engine() {
   fi
   export DOCKER_HOST=$ENGINE_HOST
   [ "$MODE" = check ] || write_env_file
+  step_swarm
+}
+
+# The Swarm backend's tests and users need this engine to be a swarm manager (idempotent).
+step_swarm() {
+  local state
+  state=$("$DOCKER" info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
+  if [ "$state" = active ]; then
+    say "swarm: this engine is a swarm manager"
+  elif [ "$MODE" = check ]; then
+    missing "swarm mode (docker swarm init --advertise-addr 127.0.0.1)"
+  else
+    "$DOCKER" swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null \
+      || die "docker swarm init failed" "see: docker info; docker swarm leave --force"
+    say "swarm: initialised (advertise 127.0.0.1)"
+  fi
 }
 
 write_env_file() {

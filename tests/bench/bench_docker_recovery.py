@@ -15,8 +15,8 @@ Scenarios (each round runs all six, one after the other; median over the rounds)
   autoheal's default); detected = when the restarter saw it unhealthy.
 - bad release, Warden: ``warden deploy`` of a fresh tag of ``warden-inference:bad`` (canaries
   fail); reverted-and-ready = first 200 from ``/ready`` of a ``good`` container after the
-  rollback, measured from when its canaries first failed (the ``since`` of the firing canary
-  rule); detected = the rollback decision.
+  rollback, measured from when its canaries first failed (the first ``/api/status`` showing the
+  bad replica's canary accuracy below 1, polled every 20 ms); detected = the rollback decision.
 - bad release, baseline: a person replaces ``good`` with ``bad`` (``docker rm -f`` + ``docker
   run``); an alert fires at the first failing canary check (the same golden set, checked every
   2 s like Warden does while a release bakes, without Warden's 10 s ``for``), and the person runs
@@ -205,18 +205,24 @@ def warden_bad(agent: RunningAgent, round_no: int) -> Result:
     tag = f"bad-{os.getpid()}-{round_no}"
     response = agent.post("/api/deploy", {"tag": tag, "image": "warden-inference:bad"})
     assert response.status_code == 202, response.text
-    since: list[float] = []
+    first_fail: list[float] = []
 
-    def canary_failure_seen() -> bool:
-        doc = agent.try_status() or {"firing": [], "current_release": tag}
-        since.extend(f["since"] for f in doc["firing"] if f["rule"].startswith("canary-"))
-        return bool(since) and doc["current_release"] == "good"
+    def reverting_after_a_canary_failure() -> bool:
+        doc = agent.try_status()
+        if doc is None:
+            return False
+        failing = any(
+            r["release"] == tag and r["canary_accuracy"] is not None and r["canary_accuracy"] < 1
+            for r in doc["replicas"]
+        )
+        if failing and not first_fail:
+            first_fail.append(time.time())
+        return bool(first_fail) and doc["current_release"] == "good"
 
-    until("the canary rule to fire and the revert to start", canary_failure_seen)
+    until("a failing canary and the revert", reverting_after_a_canary_failure)
     ready_at = new_ready_replica(agent, old)
-    first_fail = min(since)
     detected = until("the rollback decision", lambda: audit_ts(agent, "rollback", t0), 10)
-    return Result(detect_s=detected - first_fail, ready_s=ready_at - first_fail)
+    return Result(detect_s=detected - first_fail[0], ready_s=ready_at - first_fail[0])
 
 
 @contextmanager
@@ -389,7 +395,7 @@ its docstring defines every measurement).
 {chr(10).join(rows)}
 
 "Ready again" counts from the fault (crash, hang) or from the first failing canary (bad release;
-Warden: the firing canary rule's `since`, baseline: the first failing check, every 2 s).
+Warden: the first status showing a failed canary, baseline: the first failing check, every 2 s).
 Model load time (cold `docker run` → `/ready`, median of the crash baseline's starts):
 **{load:.1f} s**.
 

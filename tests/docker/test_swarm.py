@@ -92,8 +92,10 @@ def _removed(net: Any) -> bool:
         net.remove()
     except docker.errors.NotFound:
         return True
-    except docker.errors.APIError as exc:  # tasks still detaching from it
-        return "active endpoints" not in str(exc) and "in use" not in str(exc)
+    except docker.errors.APIError as exc:
+        if "active endpoints" in str(exc) or "in use" in str(exc):
+            return False  # tasks still detaching from it
+        raise
     return True
 
 
@@ -120,9 +122,7 @@ def _remove_services(client: Any) -> None:
     for service in client.services.list(filters={"label": f"{TEST_LABEL}={SESSION_ID}"}):
         service.remove()
     wait_until(
-        lambda: (
-            not client.containers.list(all=True, filters={"label": f"warden.service={SERVICE}"})
-        ),
+        lambda: not client.api.containers(all=True, filters={"label": f"warden.service={SERVICE}"}),
         timeout=60,
         what="the task containers of the removed services to be gone",
     )
