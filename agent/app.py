@@ -53,7 +53,7 @@ def make_backend(cfg: WardenConfig, clock: Clock) -> Backend:
             base_port=cfg.backend.port,
             host=cfg.backend.host,
             command=[*cfg.backend.command, *cfg.backend.extra_args],
-            grace_s=5.0,
+            grace_s=2.0,  # a replica being replaced is broken or idle: no long drain
             clock=clock,
         )
     if kind == "docker":

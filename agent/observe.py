@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 
 import httpx
 
@@ -101,6 +101,9 @@ class Observer:
         self._canary_timeout_s = max(5.0, timeout_s * 4)
         self._gpu = gpu or GpuCollector()
         self._memory: dict[str, _Memory] = {}
+        self._canary_runs: dict[
+            str, tuple[tuple[int | None, float | None], Future[CanaryResult]]
+        ] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="warden-probe")
 
     def close(self) -> None:
@@ -124,13 +127,18 @@ class Observer:
         watched = [r for r in replicas if r.state is not ReplicaState.STOPPED]
         for gone in set(self._memory) - {r.id for r in watched}:
             del self._memory[gone]
-        futures = {
-            r.id: self._pool.submit(
-                self._probe, r, self._canaries_due(r, now, force_canaries, interval)
-            )
-            for r in watched
-        }
+        futures = {r.id: self._pool.submit(self._probe, r) for r in watched}
         probed = {slot: f.result() for slot, f in futures.items()}
+        due = [
+            r
+            for r in watched
+            if _is_ready(probed[r.id]) and self._canaries_due(r, now, force_canaries, interval)
+        ]
+        canaries = self._canary_results(due, {r.id: (r.pid, r.started_at) for r in watched})
+        probed = {
+            slot: replace(p, canary=canaries[slot]) if slot in canaries else p
+            for slot, p in probed.items()
+        }
         signals: dict[str, dict[str, float]] = {}
         reasons: dict[str, str] = {}
         views = []
@@ -164,7 +172,35 @@ class Observer:
             return True  # a new process: its old canary result says nothing about it
         return now - mem.canary_at >= interval
 
-    def _probe(self, r: Replica, canaries_due: bool) -> _Probed:
+    def _canary_results(
+        self, due: Sequence[Replica], instances: Mapping[str, tuple[int | None, float | None]]
+    ) -> dict[str, CanaryResult]:
+        """Canary runs that finished, by slot; starts the runs that are ``due``.
+
+        A canary is a real batch of predictions and can take seconds on a struggling replica, so
+        it runs off the tick: a run is waited for only up to the probe timeout, and a slower one
+        is collected by a later tick. A hung replica therefore never delays the health probes
+        that detect it. A result is used only for the process instance it was run against.
+        """
+        for r in due:
+            if r.id not in self._canary_runs:
+                future = self._pool.submit(
+                    run_canaries, self._client, r.url, self._canaries(), self._canary_timeout_s
+                )
+                self._canary_runs[r.id] = ((r.pid, r.started_at), future)
+        running = [future for _, future in self._canary_runs.values()]
+        if running:
+            wait(running, timeout=self._timeout_s)
+        results = {}
+        for slot, (instance, future) in list(self._canary_runs.items()):
+            if not future.done():
+                continue
+            del self._canary_runs[slot]
+            if instances.get(slot) == instance:
+                results[slot] = future.result()
+        return results
+
+    def _probe(self, r: Replica) -> _Probed:
         resources = self._backend.resources(r) if r.state is not ReplicaState.EXITED else None
         if r.state in (ReplicaState.EXITED, ReplicaState.MISSING):
             return _Probed(resources=resources)
@@ -173,12 +209,7 @@ class Observer:
             return _Probed(health=health, resources=resources)
         ready = probe_ready(self._client, r.url, self._timeout_s)
         metrics = scrape(self._client, r.url, self._timeout_s)
-        canary = None
-        if ready.ok and canaries_due:
-            canary = run_canaries(self._client, r.url, self._canaries(), self._canary_timeout_s)
-        return _Probed(
-            health=health, ready=ready, metrics=metrics, canary=canary, resources=resources
-        )
+        return _Probed(health=health, ready=ready, metrics=metrics, resources=resources)
 
     def _remember(self, r: Replica, p: _Probed, now: float) -> _Memory:
         mem = self._memory.setdefault(r.id, _Memory())
@@ -254,6 +285,10 @@ class Observer:
         out = aggregate(pairs, max(spans)) if pairs else {}
         out["replicas_ready"] = float(sum(signals[r.id].get("ready", 0.0) for r in replicas))
         return out
+
+
+def _is_ready(p: _Probed) -> bool:
+    return p.ready is not None and p.ready.ok
 
 
 def _unhealthy_reason(r: Replica, p: _Probed) -> str:
