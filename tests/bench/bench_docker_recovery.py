@@ -67,7 +67,8 @@ DOCS = REPO / "docs" / "benchmarks.md"
 HEADING = "## Docker recovery"
 START, END = "<!-- bench-docker:start -->", "<!-- bench-docker:end -->"
 LABEL = {"warden.test": "bench-docker"}
-BASELINE_LABEL = {**LABEL, "bench.role": "baseline"}  # what the autoheal stand-in watches
+BASELINE_LABEL = {**LABEL, "bench.role": "baseline"}
+AUTOHEAL_LABEL = "autoheal"  # like willfarrell/autoheal's AUTOHEAL_CONTAINER_LABEL
 CANARIES = load_canaries(REPO / "rules" / "canaries.yaml")
 TIMEOUT_S = 240.0
 POLL_S = 0.02
@@ -142,14 +143,16 @@ def started_at(client: Any, container_id: str) -> float:
     return start.timestamp() + float(f"0.{rest[:6] or 0}")
 
 
-def run_container(client: Any, image: str, network: str, **kwargs: Any) -> tuple[Any, str, float]:
+def run_container(
+    client: Any, image: str, network: str, labels: dict[str, str] | None = None, **kwargs: Any
+) -> tuple[Any, str, float]:
     """``docker run`` a server; returns (container, url, seconds to ready)."""
     t0 = time.monotonic()
     container = client.containers.run(
         image,
         detach=True,
         name=f"bench-docker-{uuid.uuid4().hex[:8]}",
-        labels=BASELINE_LABEL,
+        labels={**BASELINE_LABEL, **(labels or {})},
         network=network,
         ports={"8000/tcp": ("127.0.0.1", None)},
         **kwargs,
@@ -284,10 +287,13 @@ class Autoheal:
     def _run(self) -> None:
         while not self.stop.wait(AUTOHEAL_POLL_S):
             for c in self.client.containers.list(
-                filters={"health": "unhealthy", "label": "bench.role=baseline"}
+                filters={"health": "unhealthy", "label": f"{AUTOHEAL_LABEL}=true"}
             ):
-                self.seen[c.id] = time.time()
-                c.restart(timeout=AUTOHEAL_STOP_TIMEOUT_S)
+                self.seen.setdefault(c.id, time.time())
+                try:
+                    c.restart(timeout=AUTOHEAL_STOP_TIMEOUT_S)
+                except docker.errors.APIError as exc:  # removed meanwhile: like autoheal, go on
+                    print(f"autoheal: {c.name}: {exc}", flush=True)
 
     def close(self) -> None:
         self.stop.set()
@@ -295,7 +301,9 @@ class Autoheal:
 
 
 def baseline_hang(client: Any, network: str, autoheal: Autoheal) -> Result:
-    container, url, _ = run_container(client, "warden-inference:good", network)
+    container, url, _ = run_container(
+        client, "warden-inference:good", network, labels={AUTOHEAL_LABEL: "true"}
+    )
     try:
         # the HEALTHCHECK's start period (30 s) must be over, or failures do not count
         until("healthy", lambda: _health(container) == "healthy", 90)
