@@ -114,7 +114,12 @@ def _run(cfg: WardenConfig, *, embedded: bool, trace: Path | None) -> None:
         markup=False,
     )
     stop.wait()
-    err.print("warden: stopping (replicas of the process backend stop too)", markup=False)
+    what = (
+        "agent and its replicas"
+        if cfg.backend.kind == "process"
+        else "agent (replicas keep running)"
+    )
+    err.print(f"warden: stopping the {what}", markup=False)
     runtime.stop()
 
 

@@ -410,6 +410,11 @@ Model load time (cold `docker run` → `/ready`, median of the crash baseline's 
 | target | measured (median) | |
 |---|---|---|
 {target_lines}
+
+The bad release's time is the shipped `canary-failing` rule's `for: 10s` (Warden's "detected"),
+then stopping the bad container and a cold start of `good` (a model load); the baseline's figure is
+a best case that assumes a person who acts the instant the first check fails. Shortening `for`
+trades false reverts for speed; the load time is the image's.
 {END}"""
 
 

@@ -180,6 +180,16 @@ def rules_replaced(rules: Path, files: dict[str, str], agent: RunningAgent) -> I
         backup.rmdir()
 
 
+def throttle(docker_env: dict[str, str], container_id: str, cpus: str) -> None:
+    """``docker update --cpus`` (a running container's CPU limit changes at once)."""
+    subprocess.run(
+        ["docker", "update", "--cpus", cpus, container_id],
+        env=docker_env,
+        check=True,
+        capture_output=True,
+    )
+
+
 class BoundedLoad:
     """Sequential /predict requests to one URL: at most MAX_LOAD_REQUESTS over MAX_LOAD_S."""
 
@@ -273,12 +283,7 @@ def test_slow_replica_fires_the_latency_rule_and_is_scaled_out_to_two(
     agent.wait(settled_on("good"), "good serving", LOAD_S)
     replica = first_replica(agent)
     with rules_replaced(agent.root / "rules", {"scale.yaml": SCALE_RULES}, agent):
-        subprocess.run(
-            ["docker", "update", "--cpus", SLOW_CPUS, replica["container_id"]],
-            env=docker_env,
-            check=True,
-            capture_output=True,
-        )
+        throttle(docker_env, replica["container_id"], SLOW_CPUS)
         with BoundedLoad(replica["url"]) as load:
             agent.wait(lambda s: s["desired_replicas"] == 2, "a scale-out to 2", MAX_LOAD_S + 30)
         assert load.sent <= MAX_LOAD_REQUESTS
@@ -287,6 +292,7 @@ def test_slow_replica_fires_the_latency_rule_and_is_scaled_out_to_two(
     assert scale["reason"].startswith("scale out to 2 replicas")
     serving = agent.wait_serving("good", timeout=LOAD_S)
     assert sorted(r["id"] for r in serving["replicas"]) == ["inference-1", "inference-2"]
+    throttle(docker_env, replica["container_id"], str(os.cpu_count()))  # the fault is over
     for r in serving["replicas"]:
         answer = httpx.post(f"{r['url']}/predict", json={"inputs": "refund me"}, timeout=30)
         assert answer.status_code == 200, answer.text
@@ -336,7 +342,6 @@ def test_dockerd_restart_agent_reconnects_and_keeps_healing(
         LOAD_S,
     )
     assert agent.process is not None and agent.process.poll() is None
-    assert events(agent, "engine-unreachable") or events(agent, "reconnect")
     assert events(agent, "reconnect"), "the event stream did not reconnect"
     # The reconnected stream still reports a crash at once.
     target = next(r for r in healed["replicas"] if r["id"] == "inference-1")["container_id"]
