@@ -6,11 +6,15 @@ asking for a state that already holds does nothing.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.domain import EngineEvent, Replica
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,3 +79,37 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release engine resources. Replicas keep running unless the backend owns them."""
         ...
+
+
+class EventInbox:
+    """Engine events waiting for the next tick, and the callbacks that wake the agent at once.
+
+    Every backend reports events the same way: ``put`` from its watcher thread, ``drain`` from
+    the tick, ``subscribe`` from the runtime. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[EngineEvent] = []
+        self._callbacks: list[Callable[[EngineEvent], None]] = []
+
+    def put(self, event: EngineEvent) -> None:
+        """Queue ``event`` and call every subscriber (outside the lock)."""
+        with self._lock:
+            self._events.append(event)
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:  # a faulty subscriber must not stop events being reported
+                log.exception("event callback %r failed for %s", callback, event)
+
+    def drain(self) -> list[EngineEvent]:
+        """The events queued since the last call."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def subscribe(self, callback: Callable[[EngineEvent], None]) -> None:
+        with self._lock:
+            self._callbacks.append(callback)

@@ -35,7 +35,7 @@ import docker
 import docker.errors
 import requests
 
-from agent.backends.base import ReleaseSpec, ResourceSample
+from agent.backends.base import EventInbox, ReleaseSpec, ResourceSample
 from agent.backends.docker_events import ContainerEvent, EventFollower, EventStream, parse_event
 from agent.backends.docker_replicas import (
     GENERATION,
@@ -106,8 +106,7 @@ class DockerBackend:
         self._stats = StatsSampler(self._open_stats)
         self._lock = threading.Lock()  # events, callbacks, details cache
         self._ops = threading.RLock()  # one start/stop/restart at a time
-        self._events: list[EngineEvent] = []
-        self._callbacks: list[Callable[[EngineEvent], None]] = []
+        self._inbox = EventInbox()
         self._details: dict[tuple[str, str], Details] = {}
         self._network_ready = False
         self._follower = EventFollower(
@@ -205,13 +204,10 @@ class DockerBackend:
         return None if replica.container_id is None else self._stats.sample(replica.container_id)
 
     def drain_events(self) -> list[EngineEvent]:
-        with self._lock:
-            events, self._events = self._events, []
-        return events
+        return self._inbox.drain()
 
     def on_event(self, callback: Callable[[EngineEvent], None]) -> None:
-        with self._lock:
-            self._callbacks.append(callback)
+        self._inbox.subscribe(callback)
 
     def close(self) -> None:
         """Stop following events and stats. Containers keep running: the next agent adopts them."""
@@ -420,16 +416,9 @@ class DockerBackend:
         )
 
     def _emit(self, event: EngineEvent) -> None:
-        with self._lock:
-            self._events.append(event)
-            callbacks = list(self._callbacks)
         if event.kind in ("die", "oom", "unhealthy", "stop"):
             log.warning("replica %s: %s", event.replica_id, event.detail)
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception:  # a faulty subscriber must not stop events being reported
-                log.exception("event callback %r failed for %s", callback, event)
+        self._inbox.put(event)
 
 
 def _command(release: ReleaseSpec) -> list[str] | None:

@@ -41,7 +41,7 @@ from docker.types import (
     UpdateConfig,
 )
 
-from agent.backends.base import ReleaseSpec, ResourceSample
+from agent.backends.base import EventInbox, ReleaseSpec, ResourceSample
 from agent.backends.docker_swarm_tasks import (
     LABEL_GENERATION,
     LABEL_RELEASE,
@@ -113,8 +113,7 @@ class SwarmBackend:
         self._client = _checked_manager(connect)
         self._lock = threading.Lock()  # guards the sets, events and callbacks below
         self._ops = threading.RLock()  # one create/update at a time
-        self._events: list[EngineEvent] = []
-        self._callbacks: list[Callable[[EngineEvent], None]] = []
+        self._inbox = EventInbox()
         self._planned: set[str] = set()  # containers Warden is stopping: their die is no event
         self._paused: set[str] = set()
         self._oom: set[str] = set()
@@ -213,14 +212,11 @@ class SwarmBackend:
 
     def drain_events(self) -> list[EngineEvent]:
         """Crash, OOM, pause and removal events since the last call."""
-        with self._lock:
-            events, self._events = self._events, []
-        return events
+        return self._inbox.drain()
 
     def on_event(self, callback: Callable[[EngineEvent], None]) -> None:
         """Call ``callback`` from the events thread as soon as an event arrives."""
-        with self._lock:
-            self._callbacks.append(callback)
+        self._inbox.subscribe(callback)
 
     def close(self) -> None:
         """Stop the background readers. Services keep running: the engine owns them."""
@@ -417,15 +413,8 @@ class SwarmBackend:
         event = self._translate(raw)
         if event is None:
             return
-        with self._lock:
-            self._events.append(event)
-            callbacks = list(self._callbacks)
         logger.warning("replica %s: %s", event.replica_id, event.detail)
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception:  # a faulty subscriber must not stop events being reported
-                logger.exception("event callback %r failed for %s", callback, event)
+        self._inbox.put(event)
 
     def _translate(self, raw: dict[str, Any]) -> EngineEvent | None:
         """Our engine event for a raw one about this service's slots, else None."""

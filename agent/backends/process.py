@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from agent.backends.base import ReleaseSpec, ResourceSample
+from agent.backends.base import EventInbox, ReleaseSpec, ResourceSample
 from agent.clock import Clock, SystemClock
 from agent.collectors import ProcessSampler
 from agent.domain import EngineEvent, Replica, ReplicaState
@@ -106,8 +106,7 @@ class ProcessBackend:
         self._lock = threading.Lock()  # guards slots, events, callbacks
         self._ops = threading.RLock()  # one start/stop/restart at a time
         self._slots: dict[str, _Slot] = {}
-        self._events: list[EngineEvent] = []
-        self._callbacks: list[Callable[[EngineEvent], None]] = []
+        self._inbox = EventInbox()
         self._sampler = ProcessSampler()
         self._wake_r, self._wake_w = os.pipe()  # wakes pidfd watchers on close()
         self._watchers: list[threading.Thread] = []
@@ -157,14 +156,11 @@ class ProcessBackend:
 
     def drain_events(self) -> list[EngineEvent]:
         """Exit events since the last call."""
-        with self._lock:
-            events, self._events = self._events, []
-        return events
+        return self._inbox.drain()
 
     def on_event(self, callback: Callable[[EngineEvent], None]) -> None:
         """Call ``callback`` from the watcher thread as soon as a replica exits on its own."""
-        with self._lock:
-            self._callbacks.append(callback)
+        self._inbox.subscribe(callback)
 
     def close(self) -> None:
         """Stop every replica when the backend owns them (``stop_on_close``), then the watchers.
@@ -312,15 +308,9 @@ class ProcessBackend:
                 event = self._exit_event(
                     record.name, code, f"pid {proc.pid} {_describe_exit(code)}"
                 )
-            callbacks = list(self._callbacks)
         proc.exited.set()
-        if event is None:
-            return
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception:  # a faulty subscriber must not stop exits being reported
-                logger.exception("event callback %r failed for %s", callback, event)
+        if event is not None:
+            self._inbox.put(event)
 
     # --- what a slot looks like -------------------------------------------------------------
 
@@ -393,17 +383,16 @@ class ProcessBackend:
         if record.proc is None:
             record.status = _LOST
             detail = f"pid {pid} was gone when the agent started (exit code unknown)"
-            self._exit_event(record.name, None, detail)
+            self._inbox.put(self._exit_event(record.name, None, detail))
             return
         self._watch(record, record.proc)
         logger.info("adopted replica %s (pid %d, port %d)", record.name, pid, record.port)
 
     def _exit_event(self, slot: str, code: int | None, detail: str) -> EngineEvent:
-        """Queue an exit event (caller holds the lock)."""
+        """An exit event, logged; the caller queues it in the inbox."""
         event = EngineEvent(
             at=self._clock.now(), replica_id=slot, kind="exit", exit_code=code, detail=detail
         )
-        self._events.append(event)
         logger.warning("replica %s %s", slot, detail)
         return event
 
