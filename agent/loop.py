@@ -74,6 +74,7 @@ class _Memory:
     last_observation: Observation | None = None
     last_firing: tuple[Firing, ...] = ()
     firing_keys: frozenset[tuple[str, str]] = frozenset()
+    saved_rule_state: dict[str, Any] = field(default_factory=dict)
     tick_count: int = 0
     engine_problem: str = ""  # set while the backend's engine cannot be reached
 
@@ -394,15 +395,17 @@ class Agent:
             candidate=self._current_release_status(desired) is ReleaseStatus.CANDIDATE,
             stopped=stopped,
         )
+        before = self.store.load_policy_state()
         decisions, state = decide(
             firing=firing,
-            state=self.store.load_policy_state(),
+            state=before,
             config=policy,
             context=context,
             resolved=resolved,
             outcomes=outcomes,
         )
-        self.store.save_policy_state(state)
+        if state != before:  # an fsync'd write per idle tick would be most of the agent's cost
+            self.store.save_policy_state(state)
         for index, decision in enumerate(decisions):
             action_id = self._act(decision, now)
             record = decision_record(
@@ -547,15 +550,16 @@ class Agent:
     ) -> None:
         self.mem.last_observation = obs
         self.mem.last_firing = tuple(firing)
-        self.store.save_rule_pending(
-            {
-                "pending": {_key(k): v for k, v in self.mem.pending.items()},
-                "alerted": {_key(k): v for k, v in self.mem.alerted.items()},
-                # _load_memory reads this back: without it a restarted agent never resolves
-                # what was firing (no resolved alert, the ladder never resets)
-                "firing": sorted(_key(k) for k in self.mem.firing_keys),
-            }
-        )
+        rule_state = {
+            "pending": {_key(k): v for k, v in self.mem.pending.items()},
+            "alerted": {_key(k): v for k, v in self.mem.alerted.items()},
+            # _load_memory reads this back: without it a restarted agent never resolves
+            # what was firing (no resolved alert, the ladder never resets)
+            "firing": sorted(_key(k) for k in self.mem.firing_keys),
+        }
+        if rule_state != self.mem.saved_rule_state:  # written only when it changed
+            self.store.save_rule_pending(rule_state)
+            self.mem.saved_rule_state = rule_state
         self.metrics.set_signals(obs.signals)
         self.metrics.set_firing((f.rule, f.subject, f.severity) for f in firing)
         self.metrics.set_replica_states(v.replica.state.value for v in obs.views)
