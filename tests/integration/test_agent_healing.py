@@ -27,6 +27,19 @@ def _decisions(agent: RunningAgent, action: str) -> list[dict[str, Any]]:
     return [r for r in agent.audit() if r["kind"] == "decision" and r["action"] == action]
 
 
+def _wait_serving_v1_again(agent: RunningAgent, what: str) -> None:
+    """Until v1 is current again, nothing is in flight and its replica is ready."""
+    agent.wait(
+        lambda s: (
+            s["current_release"] == "v1"
+            and not s["in_flight"]
+            and s["replicas"][0]["ready"]
+            and s["replicas"][0]["release"] == "v1"
+        ),
+        what,
+    )
+
+
 def _good(agent: RunningAgent, tag: str) -> None:
     agent.wait(lambda s: s["last_good_release"] == tag, f"{tag} promoted good")
 
@@ -72,15 +85,7 @@ def test_bad_release_is_reverted_to_last_good_and_marked_bad(tmp_path: Path) -> 
         _good(agent, "v1")
         resp = agent.post("/api/deploy", {"tag": "v2", "args": ["--intents", str(bad_intents)]})
         assert resp.status_code == 202, resp.text
-        agent.wait(
-            lambda s: (
-                s["current_release"] == "v1"
-                and not s["in_flight"]
-                and s["replicas"][0]["ready"]
-                and s["replicas"][0]["release"] == "v1"
-            ),
-            "the bad release to be reverted to v1",
-        )
+        _wait_serving_v1_again(agent, "the bad release to be reverted to v1")
         releases = {r["tag"]: r for r in agent.get("/api/releases")["releases"]}
         assert releases["v2"]["status"] == "bad"
         assert releases["v1"]["status"] == "good"
@@ -98,15 +103,7 @@ def test_release_that_cannot_load_its_model_is_reverted(tmp_path: Path) -> None:
         _good(agent, "v1")
         resp = agent.post("/api/deploy", {"tag": "v3", "model": str(broken)})
         assert resp.status_code == 202, resp.text
-        agent.wait(
-            lambda s: (
-                s["current_release"] == "v1"
-                and not s["in_flight"]
-                and s["replicas"][0]["ready"]
-                and s["replicas"][0]["release"] == "v1"
-            ),
-            "the broken release to be reverted to v1",
-        )
+        _wait_serving_v1_again(agent, "the broken release to be reverted to v1")
         releases = {r["tag"]: r for r in agent.get("/api/releases")["releases"]}
         assert releases["v3"]["status"] == "bad"
         assert len(_decisions(agent, "rollback")) == 1
@@ -144,15 +141,7 @@ def test_agent_killed_during_a_revert_finishes_it_exactly_once(tmp_path: Path) -
         )
         agent.kill()
         agent.start()
-        agent.wait(
-            lambda s: (
-                s["current_release"] == "v1"
-                and not s["in_flight"]
-                and s["replicas"][0]["ready"]
-                and s["replicas"][0]["release"] == "v1"
-            ),
-            "the restarted agent to finish the revert",
-        )
+        _wait_serving_v1_again(agent, "the restarted agent to finish the revert")
         rollbacks = [a for a in agent.actions() if a["kind"] == "rollback"]
         assert [a["status"] for a in rollbacks] == ["verified"]
         assert len(_decisions(agent, "rollback")) == 1
