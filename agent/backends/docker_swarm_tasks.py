@@ -7,6 +7,7 @@ none (a crash with restart condition ``none``), the newest task says how the slo
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -75,12 +76,8 @@ def _from_task(
     live = state in (ReplicaState.RUNNING, ReplicaState.PAUSED)
     pid = int(container.get("PID") or 0) if live else 0
     labels = task["Spec"].get("ContainerSpec", {}).get("Labels", {})
-    return Replica(
-        id=slot,
-        url=url,
-        release=labels.get(LABEL_RELEASE, ""),
-        state=state,
-        generation=int(labels.get(LABEL_GENERATION, 0)),
+    return replace(
+        _from_labels(slot, url, labels, state),
         pid=pid or None,
         container_id=found,
         started_at=instance_time(task, tasks, known=bool(pid) or state is ReplicaState.EXITED),

@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))  # the integration harness: how tests start a real
 
 from agent.collectors import parse_metrics  # noqa: E402
 from tests.bench.bench_server import cpu_model  # noqa: E402
+from tests.bench.docs_section import write_marked_section  # noqa: E402
 from tests.integration.agent_harness import (  # noqa: E402
     RunningAgent,
     healing_rules,
@@ -641,22 +642,8 @@ model; the stand-in is `tests/integration/fake_server.py` (same flags and `/heal
 
 
 def write_section(text: str) -> None:
-    """Replace what is between the markers (the heading stays outside them, so the other
-    bench scripts' "up to the next ## heading" never swallows a marker)."""
-    old = DOCS.read_text(encoding="utf-8") if DOCS.exists() else _HEADER
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + f"\n\n{HEADING}\n\n{text}\n"
-    DOCS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
-_HEADER = """# Benchmarks
-
-Figures measured on a real machine by the scripts in `scripts/bench-*.sh`; each script rewrites
-only its own section. Machines are shared and noisy: compare figures within one section.
-"""
+    """Replace this benchmark's section of docs/benchmarks.md (append it the first time)."""
+    write_marked_section(HEADING, START, END, text, DOCS)
 
 
 # --- main --------------------------------------------------------------------------------------

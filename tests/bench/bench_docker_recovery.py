@@ -60,6 +60,7 @@ from agent.canaries import load_canaries  # noqa: E402
 from agent.probes import run_canaries  # noqa: E402
 from tests.bench.bench_agent import code_version, loadavg  # noqa: E402
 from tests.bench.bench_server import cpu_model  # noqa: E402
+from tests.bench.docs_section import write_marked_section  # noqa: E402
 from tests.docker.conftest import engine_env  # noqa: E402
 from tests.integration.agent_harness import RunningAgent, healing_rules, running_agent  # noqa: E402
 
@@ -430,14 +431,8 @@ def _med(by: dict[str, list[Result]], key: str, attr: str) -> float:
 
 
 def write_section(text: str) -> None:
-    """Replace this benchmark's section between its markers (append it the first time)."""
-    old = DOCS.read_text(encoding="utf-8") if DOCS.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + f"\n\n{HEADING}\n\n{text}\n"
-    DOCS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+    """Replace this benchmark's section of docs/benchmarks.md (append it the first time)."""
+    write_marked_section(HEADING, START, END, text, DOCS)
 
 
 # --- main ------------------------------------------------------------------------------------
