@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -154,7 +155,15 @@ class ObsStack:
         return prometheus_query(self.prometheus_url, expr)
 
     def query_range(self, expr: str, step: float = 1.0) -> list[dict[str, Any]]:
-        return prometheus_range(self.prometheus_url, expr, self.started_at, time.time(), step)
+        """``expr`` over the whole test, on a step grid that ends exactly now (as Grafana's does).
+
+        A grid anchored at ``started_at`` ends up to one step before now and misses a series
+        younger than a step, one the instant query sees: e.g. the counter born in the fault the
+        fixture has just waited for.
+        """
+        end = time.time()
+        start = end - math.ceil((end - self.started_at) / step) * step
+        return prometheus_range(self.prometheus_url, expr, start, end, step)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.logs()}" for p in self.procs.values())

@@ -25,7 +25,7 @@ import yaml
 
 from tests.integration.conftest import REPO_ROOT
 from tests.integration.conftest_obs import ObsStack
-from tests.integration.obs_support import prometheus_query, prometheus_range
+from tests.integration.obs_support import prometheus_query
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 
@@ -208,7 +208,7 @@ def _evaluate(stack: ObsStack, query: PanelQuery, values: dict[str, str]) -> Eva
         result = prometheus_query(stack.prometheus_url, expr)
         points = [s["value"][1] for s in result]
     else:
-        result = prometheus_range(stack.prometheus_url, expr, stack.started_at, time.time())
+        result = stack.query_range(expr)
         points = [v for s in result for _, v in s["values"]]
     finite = any(math.isfinite(float(p)) for p in points)
     return Evaluated(query=query, expr=expr, series=len(result), finite=finite)
