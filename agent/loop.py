@@ -17,6 +17,7 @@ from agent import alerts as alerting
 from agent.audit import AuditLog, decision_record
 from agent.backends.base import Backend, ReleaseSpec
 from agent.clock import Clock
+from agent.decay_monitor import DecayMonitor
 from agent.domain import SERVICE, ActionKind, Decision, Firing, Snapshot
 from agent.errors import BackendError, StateError, WardenError
 from agent.evaluate import evaluate
@@ -95,6 +96,7 @@ class Agent:
         metrics: AgentMetrics,
         receivers: Sequence[alerting.Receiver] = (),
         trace: TraceRecorder | None = None,
+        decay: DecayMonitor | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -106,6 +108,7 @@ class Agent:
         self.metrics = metrics
         self.receivers = tuple(receivers)
         self.trace = trace
+        self.decay = decay
         self.lock = threading.RLock()
         self.mem = _Memory()
         self._load_memory()
@@ -204,6 +207,9 @@ class Agent:
             force_canaries=verifying_rollback,
             canary_interval_s=self.settings.bake_canary_interval_s if candidate else None,
         )
+        if candidate:
+            _mark_candidate_canaries(obs, desired.release)
+        self._decay_signals(obs, desired, candidate, now)
         snapshot = Snapshot(
             at=now,
             replicas=tuple(v.replica for v in obs.views),
@@ -362,9 +368,34 @@ class Agent:
         )
         if status.promote:
             self.store.mark_good(record.tag, now, status.reason)
+            if self.decay is not None:  # the baseline later releases are compared with
+                self.decay.capture(record.tag, now)
             self._audit("promote", subject=SERVICE, release=record.tag, reason=status.reason)
             self.store.record_event(
                 at=now, kind="promoted", subject=record.tag, message=status.reason
+            )
+
+    def _decay_signals(
+        self, obs: Observation, desired: DesiredState, candidate: bool, now: float
+    ) -> None:
+        """Add the accuracy decay signals (``agent.decay_monitor``) to the service's."""
+        if self.decay is None:
+            return
+        record = self.store.release(desired.release)
+        last_good = self.store.last_good()
+        report = self.decay.update(
+            obs,
+            release=desired.release,
+            candidate=candidate,
+            good=record is not None and record.status is ReleaseStatus.GOOD,
+            last_good=last_good.tag if last_good is not None else None,
+            now=now,
+        )
+        obs.signals.setdefault(SERVICE, {}).update(report.signals)
+        if report.changed and report.verdict is not None:
+            kind = "decay" if report.verdict.detected else "decay-resolved"
+            self.store.record_event(
+                at=now, kind=kind, subject=desired.release, message=report.verdict.reason
             )
 
     # --- decide and act ------------------------------------------------------------------------
@@ -658,6 +689,18 @@ class Agent:
         self.audit.write(
             {"ts": self.clock.now(), "kind": kind, "subject": subject, "reason": reason, **extra}
         )
+
+
+def _mark_candidate_canaries(obs: Observation, release: str) -> None:
+    """Add ``candidate_canary_failures`` for the replicas serving the release that still bakes.
+
+    A rule on it can revert a new release within seconds of its first wrong golden-set answer
+    without making ``canary-failing`` on a proven release just as hasty.
+    """
+    for view in obs.views:
+        signals = obs.signals.get(view.replica.id)
+        if view.replica.release == release and signals and "canary_failures" in signals:
+            signals["candidate_canary_failures"] = signals["canary_failures"]
 
 
 def _key(pair: tuple[str, str]) -> str:

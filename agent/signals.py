@@ -262,6 +262,9 @@ _ALL = (
     _spec("health_failures", Unit.COUNT, _R, "health failed", "consecutive failed health probes"),
     _spec("canary_failures", Unit.COUNT, _R, "canary failures",
           "golden-set items that failed in the last canary run"),
+    _spec("candidate_canary_failures", Unit.COUNT, _R, "canary failures of the new release",
+          "canary_failures of a replica serving a release that is still baking (not yet proven "
+          "good); absent otherwise"),
     _spec("canary_accuracy", Unit.RATIO, _R, "canary accuracy",
           "share of golden-set items answered correctly in the last canary run"),
     _spec("cpu_percent", Unit.PERCENT, _R, "CPU",
@@ -299,6 +302,13 @@ _ALL = (
           "p-value of the accuracy decay test"),
     _spec("canary_accuracy_drop", Unit.RATIO, _S, "canary accuracy drop",
           "how far canary accuracy fell below the promoted release's baseline (0 if not)"),
+    _spec("candidate_decay_detected", Unit.BOOL, _S, "candidate accuracy decay",
+          "1 when a candidate release answers significantly worse than the last good release's "
+          "baseline", true_text="candidate decayed", false_text="candidate did not decay"),
+    _spec("accuracy", Unit.RATIO, _S, "accuracy",
+          "share of labelled feedback answered correctly in the live window (POST /api/feedback)"),
+    _spec("accuracy_drop", Unit.RATIO, _S, "accuracy drop",
+          "how far feedback accuracy fell below the baseline release's (0 if not)"),
 )  # fmt: skip
 
 SIGNALS: Mapping[str, SignalSpec] = MappingProxyType({spec.name: spec for spec in _ALL})

@@ -345,6 +345,36 @@ def test_a_candidate_failing_its_canaries_is_rolled_back_to_the_good_release(
     assert world.engine.calls[-1] == ("start", "inference-1", "v1", 0)
 
 
+def test_the_shipped_rules_revert_a_baking_release_2s_after_a_wrong_canary(world: World) -> None:
+    """``candidate-canary-failing`` (for: 2s) reverts a candidate long before ``canary-failing``
+    (for: 10s) would; a proven release's replicas never carry ``candidate_canary_failures``."""
+    shipped = Path(__file__).parents[2] / "rules" / "quality.yaml"
+    (world.rules_dir / "quality.yaml").write_text(shipped.read_text(), encoding="utf-8")
+    agent = world.agent()
+    started_and_ready(world, agent)
+    agent.store.mark_good("v1", world.clock.now(), "baked")
+    world.clock.advance(1.0)
+    agent.tick()
+    assert agent.mem.last_observation is not None
+    assert "candidate_canary_failures" not in agent.mem.last_observation.signals["inference-1"]
+    world.engine.broken.add("v2")
+    agent.deploy(ReleaseSpec(tag="v2"))
+    world.clock.advance(1.0)
+    agent.tick()  # replaces v1 by v2
+    world.clock.advance(1.0)
+    first_wrong = agent.tick()  # v2's first canary run: wrong answers
+    assert not first_wrong.decisions
+    world.clock.advance(1.0)
+    assert not agent.tick().decisions  # 1 s: still within `for: 2s`
+    world.clock.advance(1.0)
+
+    report = agent.tick()
+
+    [rollback] = [d for d in report.decisions if d.action is ActionKind.ROLLBACK]
+    assert rollback.target_release == "v1"
+    assert "(rule candidate-canary-failing)" in rollback.reason
+
+
 def test_a_verified_rollback_needs_the_good_release_passing_its_canaries(world: World) -> None:
     (world.rules_dir / "quality.yaml").write_text(CANARY_RULE, encoding="utf-8")
     agent = world.agent()
