@@ -60,8 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
+            max_tokens=settings.max_tokens,
+            length_buckets=settings.length_buckets,
         ),
         on_batch=metrics.observe_batch,
+        length=lambda item: item.tokens,
     )
     metrics.track_queue_depth(lambda: batcher.depth)
     observations = ObservationLog(capacity=settings.observations)
@@ -70,13 +73,24 @@ def create_app(settings: Settings) -> FastAPI:
 
     def publish_model(info: ModelInfo) -> None:
         metrics.set_model(
-            release=settings.release, model=info.name, sha256=info.weights_sha256, task=info.task
+            release=settings.release,
+            model=info.name,
+            sha256=info.weights_sha256,
+            task=info.task,
+            device=info.device,
+            dtype=info.dtype,
+            quantize=info.quantize,
         )
+
+    def observe_load(outcome: str, seconds: float) -> None:
+        metrics.observe_load(settings.release, outcome, seconds)
+
+    metrics.start_release(settings.release)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
-        runtime.start_loading(publish_model)
+        runtime.start_loading(publish_model, observe_load)
         yield
         runtime.stop()
         await batcher.stop()
@@ -98,7 +112,11 @@ def create_app(settings: Settings) -> FastAPI:
         body = parse_predict_request(await request.body())
         check_request(body.inputs, body.top_k, limits)
         predictor.check_inputs(body.inputs)
-        items = [PredictItem(text=text, top_k=body.top_k) for text in body.inputs]
+        lengths = predictor.token_lengths(body.inputs)
+        items = [
+            PredictItem(text=text, top_k=body.top_k, tokens=tokens)
+            for text, tokens in zip(body.inputs, lengths, strict=True)
+        ]
         predictions = await batcher.run(items)
         _record(predictions, observations, metrics)
         info = predictor.info
@@ -137,10 +155,14 @@ def create_app(settings: Settings) -> FastAPI:
             "weights_sha256": info.weights_sha256 if info else None,
             "task": info.task if info else runtime.task,
             "device": info.device if info else None,
+            "dtype": settings.dtype,
+            "quantize": settings.quantize,
             "started_at": started_at,
             "started_at_iso": datetime.fromtimestamp(started_at, UTC).isoformat(),
             "max_batch": settings.max_batch,
             "max_wait_ms": settings.max_wait_ms,
+            "max_tokens": settings.max_tokens,
+            "length_buckets": list(settings.length_buckets),
             "server_version": __version__,
         }
 

@@ -7,6 +7,14 @@ arrive while the worker is busy wait for it and go out together in the next batc
 the throughput comes from. The queue is bounded: when the items of a request do not fit, ``submit``
 raises ``QueueFullError`` at once rather than letting latency grow without limit.
 
+Length bucketing: with a ``length`` function (tokens per item) and ``length_buckets`` bounds, a
+batch takes items of ONE bucket only, so one 200-token paragraph does not pad 31 short queries to
+200 tokens; ``max_tokens`` caps a batch's padded size (items x longest item) as ``max_batch`` caps
+its item count. Every batch is built around the OLDEST waiting item (plus the items after it in its
+bucket), so nothing starves: an item goes out no later than right after every item queued before
+it. Results come back per item, so a request's answers keep its input order whatever batches its
+items travelled in.
+
 If a batch raises, each of its items is run again alone, so one poisonous input fails only its own
 caller (``ModelFailure``) and the others still get answers.
 
@@ -21,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +53,8 @@ class BatchLimits:
     max_batch: int = 32
     max_wait_s: float = 0.005
     max_queue: int = 256
+    max_tokens: int | None = None  # padded tokens per batch (items x longest); None = no cap
+    length_buckets: tuple[int, ...] = ()  # upper token bounds; longer items share a last bucket
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -52,6 +63,17 @@ class BatchLimits:
             raise ValueError(f"max_wait_s must not be negative, got {self.max_wait_s}")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {self.max_queue}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        bounds = self.length_buckets
+        if any(b < 1 for b in bounds) or list(bounds) != sorted(set(bounds)):
+            raise ValueError(
+                f"length_buckets must be positive and strictly increasing, got {list(bounds)}"
+            )
+
+    def bucket(self, length: int) -> int:
+        """Index of the bucket for an item of ``length`` tokens (0 when there are no bounds)."""
+        return bisect_left(self.length_buckets, length)
 
 
 @dataclass(slots=True)
@@ -59,6 +81,8 @@ class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     future: asyncio.Future[ResultT]
     enqueued_at: float = field(default=0.0)
+    length: int = 0
+    bucket: int = 0
 
 
 _Job = Callable[[], None]
@@ -115,8 +139,10 @@ class Batcher(Generic[ItemT, ResultT]):
         limits: BatchLimits,
         on_batch: BatchObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        length: Callable[[ItemT], int] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._length = length
         self.limits = limits
         self._on_batch = on_batch
         self._clock = clock
@@ -164,10 +190,16 @@ class Batcher(Generic[ItemT, ResultT]):
             )
         loop = asyncio.get_running_loop()
         now = self._clock()
-        entries = [_Pending(item, loop.create_future(), now) for item in items]
+        entries = [self._pending_entry(item, loop.create_future(), now) for item in items]
         self._pending.extend(entries)
         self._arrived.set()
         return [entry.future for entry in entries]
+
+    def _pending_entry(
+        self, item: ItemT, future: asyncio.Future[ResultT], now: float
+    ) -> _Pending[ItemT, ResultT]:
+        length = 0 if self._length is None else self._length(item)
+        return _Pending(item, future, now, length, self.limits.bucket(length))
 
     async def run(self, items: Sequence[ItemT]) -> list[ResultT]:
         """Submit ``items`` and wait for all their results (in order)."""
@@ -182,16 +214,39 @@ class Batcher(Generic[ItemT, ResultT]):
                 await self._arrived.wait()
                 continue
             await self._wait_until_due()
-            size = min(self.limits.max_batch, len(self._pending))
-            batch = [self._pending.popleft() for _ in range(size)]
+            batch, _ = self._next_batch()
+            taken = {id(entry) for entry in batch}
+            self._pending = deque(entry for entry in self._pending if id(entry) not in taken)
             live = [entry for entry in batch if not entry.future.done()]
             if live:
                 await self._dispatch(live)
 
+    def _next_batch(self) -> tuple[list[_Pending[ItemT, ResultT]], bool]:
+        """The oldest item and the items queued after it in its bucket, within the limits.
+
+        The flag is True when a limit (``max_batch`` or ``max_tokens``) closed the batch, i.e.
+        waiting longer cannot make it bigger. Items are taken in arrival order; the oldest one is
+        always taken, even when it alone is longer than ``max_tokens``.
+        """
+        head = self._pending[0]
+        batch, longest = [head], head.length
+        max_batch, max_tokens = self.limits.max_batch, self.limits.max_tokens
+        for entry in self._pending:
+            if entry is head or entry.bucket != head.bucket:
+                continue
+            if len(batch) >= max_batch:
+                return batch, True
+            longest_with = max(longest, entry.length)
+            if max_tokens is not None and (len(batch) + 1) * longest_with > max_tokens:
+                return batch, True
+            batch.append(entry)
+            longest = longest_with
+        return batch, len(batch) >= max_batch
+
     async def _wait_until_due(self) -> None:
-        """Wait until the batch is full, its oldest item is ``max_wait_s`` old, or we close."""
+        """Wait until the next batch is full, its oldest item is ``max_wait_s`` old, or we close."""
         deadline = self._pending[0].enqueued_at + self.limits.max_wait_s
-        while len(self._pending) < self.limits.max_batch and not self._closed:
+        while not self._closed and not self._next_batch()[1]:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return

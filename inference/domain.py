@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from inference.settings import Task
+from inference.settings import DtypeChoice, QuantizeChoice, Task
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -20,6 +20,7 @@ class PredictItem:
 
     text: str
     top_k: int = 5
+    tokens: int = 0  # token count with special tokens (after truncation); the batcher's bucket key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +58,8 @@ class ModelInfo:
     task: Task
     device: str
     hidden_size: int
+    quantize: QuantizeChoice = "none"  # "dynamic-int8": the Linear layers run in int8
+    dtype: DtypeChoice = "float32"
 
 
 class Predictor(Protocol):
@@ -71,10 +74,15 @@ class Predictor(Protocol):
         """Raise ``InputError`` for inputs this task cannot answer (before they are queued)."""
         ...
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model will see it (special tokens in, truncated)."""
+        ...
+
     def predict_batch(self, items: Sequence[PredictItem]) -> list[Prediction]:
         """One prediction per item, in order."""
         ...
 
-    def warm_up(self) -> None:
-        """Run one forward pass so the first real request does not pay for lazy initialisation."""
+    def warm_up(self, lengths: Sequence[int] = ()) -> None:
+        """Run forward passes (one per sequence length in ``lengths``, or one short batch) so the
+        first real request of each shape does not pay for lazy initialisation."""
         ...

@@ -21,6 +21,8 @@ from prometheus_client import (
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+LOAD_OUTCOMES = ("success", "failure")
 ENDPOINTS = frozenset({"/predict", "/health", "/ready", "/metrics", "/version", "/v1/observations"})
 OTHER_ENDPOINT = "other"  # any unknown path: keeps label cardinality bounded
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -74,7 +76,15 @@ class ServerMetrics:
         self.model_info = Gauge(
             "inference_model_info",
             "The loaded model (always 1); set once the model is ready.",
-            ["release", "model", "sha256", "task"],
+            ["release", "model", "sha256", "task", "device", "dtype", "quantize"],
+            registry=registry,
+        )
+        self.model_load = Histogram(
+            "inference_model_load_duration_seconds",
+            "Model load attempts (load + warm-up) by release and outcome (success|failure); "
+            "_count by outcome gives the load success rate.",
+            ["release", "outcome"],
+            buckets=LOAD_BUCKETS,
             registry=registry,
         )
         self.model_errors = Counter(
@@ -98,10 +108,39 @@ class ServerMetrics:
         """Read the queue depth from ``depth`` at every scrape."""
         self.queue_depth.set_function(depth)
 
-    def set_model(self, *, release: str, model: str, sha256: str, task: str) -> None:
+    def set_model(
+        self,
+        *,
+        release: str,
+        model: str,
+        sha256: str,
+        task: str,
+        device: str,
+        dtype: str,
+        quantize: str,
+    ) -> None:
         """Publish ``inference_model_info`` for the loaded model."""
         self.model_info.clear()
-        self.model_info.labels(release=release, model=model, sha256=sha256, task=task).set(1)
+        self.model_info.labels(
+            release=release,
+            model=model,
+            sha256=sha256,
+            task=task,
+            device=device,
+            dtype=dtype,
+            quantize=quantize,
+        ).set(1)
+
+    def start_release(self, release: str) -> None:
+        """Show zero load attempts of ``release`` for each outcome until the load finishes, so a
+        success-rate query sees 0 rather than no series."""
+        for outcome in LOAD_OUTCOMES:
+            self.model_load.labels(release=release, outcome=outcome)
+
+    def observe_load(self, release: str, outcome: str, seconds: float) -> None:
+        """Record one model load attempt (called from the loader thread; the client is
+        thread-safe)."""
+        self.model_load.labels(release=release, outcome=outcome).observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

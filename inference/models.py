@@ -44,21 +44,13 @@ from inference.modeldir import (
     read_config,
     weights_sha256,
 )
+from inference.precision import Precision, apply_precision, pick_device
 from inference.settings import DeviceChoice, TaskChoice
 
 CLASSIFY_SCALE = 20.0
 """Inverse temperature of the classify softmax over cosine similarities (see module docs)."""
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(choice: DeviceChoice) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; explicit choices are checked."""
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was given but torch sees no CUDA device")
-    return choice
 
 
 def load_predictor(
@@ -69,6 +61,7 @@ def load_predictor(
     intents_path: Path | None = None,
     name: str | None = None,
     threads: int | None = None,
+    precision: Precision | None = None,
 ) -> Predictor:
     """Load the model for ``task`` from ``model_dir`` (None = the packaged default).
 
@@ -79,15 +72,22 @@ def load_predictor(
     directory = default_model_dir() if model_dir is None else model_dir
     config = read_config(directory)
     resolved = detect_task(config, task)
+    precision = precision or Precision()
     info = ModelInfo(
         name=model_name(directory, is_default=model_dir is None, override=name),
         path=directory.resolve(),
         weights_sha256=weights_sha256(directory),
         task=resolved,
-        device=pick_device(device),
+        device=pick_device(device, precision),
         hidden_size=int(config.get("hidden_size") or config.get("dim") or 0),
+        quantize=precision.quantize,
+        dtype=precision.dtype,
     )
-    log.info("loading %s from %s for task %s on %s", info.name, info.path, resolved, info.device)
+    log.info(
+        "loading %s from %s for task %s on %s (%s%s)",
+        *(info.name, info.path, resolved, info.device, info.dtype),
+        ", int8 Linear layers" if info.quantize == "dynamic-int8" else "",
+    )
     if resolved == "classify":
         intents = load_intents(intents_path or DEFAULT_INTENTS_FILE)
         return IntentPredictor(info, intents=intents)
@@ -125,20 +125,39 @@ class _Encoder:
             self.model = self.auto_class.from_pretrained(info.path, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"cannot load {info.path}: {type(exc).__name__}: {exc}") from exc
-        self.model.to(info.device).eval()
+        precision = Precision(quantize=info.quantize, dtype=info.dtype)
+        self.model = apply_precision(self.model, precision, info.device)
         self.max_length = _max_length(info.path, self.tokenizer, self.model)
 
     def check_inputs(self, texts: Sequence[str]) -> None:
         """Every text is answerable by plain encoders; subclasses add task rules."""
 
-    def warm_up(self) -> None:
-        """One forward pass over a padded batch of two."""
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model sees it: special tokens included, truncated."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def warm_up(self, lengths: Sequence[int] = ()) -> None:
+        """A padded batch of two, then a batch of two at each of ``lengths`` tokens.
+
+        ``lengths`` are the batcher's bucket bounds: every sequence length a bucket can pad to
+        gets one pass, so the first real request of each shape is not the slow one.
+        """
+        texts = [[self._warm_up_text(4), self._warm_up_text(6)]]
+        for length in sorted({min(max(length, 3), self.max_length) for length in lengths}):
+            text = self._warm_up_text(length)
+            texts.append([text, text])
         try:
-            self.predict_batch([PredictItem(text="warm up"), PredictItem(text="warm up, again")])
+            for batch in texts:
+                self.predict_batch([PredictItem(text=text, top_k=1) for text in batch])
         except Exception as exc:
             raise ModelLoadError(
                 f"warm-up forward pass failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _warm_up_text(self, length: int) -> str:
+        """A text of at least ``length`` tokens (truncation cuts it to the model's limit)."""
+        return " ".join(["a"] * max(1, length - 2))
 
     def predict_batch(self, items: Sequence[PredictItem]) -> list[Prediction]:
         """One prediction per item, in order (runs on the batch worker thread)."""
@@ -168,7 +187,11 @@ class _Encoder:
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the hidden states over real (unpadded) tokens, L2-normalised per row."""
+    """Mean of the hidden states over real (unpadded) tokens, L2-normalised per row.
+
+    Computed in float32 whatever the model's dtype: a float16 sum over 256 tokens loses digits.
+    """
+    hidden = hidden.float()
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     summed = (hidden * mask).sum(dim=1)
     counts = mask.sum(dim=1).clamp(min=1e-9)
@@ -271,14 +294,9 @@ class FillMaskPredictor(_Encoder):
                     limit=self.max_length,
                 )
 
-    def warm_up(self) -> None:
-        """One forward pass with a mask, so the head runs too."""
-        try:
-            self.predict_batch([PredictItem(text=f"warm {self.mask_token} up", top_k=1)])
-        except Exception as exc:
-            raise ModelLoadError(
-                f"warm-up forward pass failed: {type(exc).__name__}: {exc}"
-            ) from exc
+    def _warm_up_text(self, length: int) -> str:
+        """Texts with a mask first, so the head runs and truncation keeps the mask."""
+        return " ".join([self.mask_token, *["a"] * max(0, length - 3)])
 
     def _predict(self, texts: list[str], items: Sequence[PredictItem]) -> list[Prediction]:
         encoded = self._encode(texts)

@@ -5,6 +5,10 @@ takes seconds) happens on a daemon thread. ``/ready`` is 503 with a reason until
 loaded and a warm-up forward pass succeeded. If loading fails the server keeps running, ``/ready``
 stays 503 with the reason, and the failure is logged at ERROR: a supervisor sees "not ready" and can
 act, which beats a crash loop that hides the message.
+
+Each load attempt's outcome and duration (from the start of loading to the end of the warm-up, not
+counting ``--load-delay``) go to a ``LoadObserver``: the ``inference_model_load_duration_seconds``
+histogram, by release and outcome.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +26,9 @@ from inference.modeldir import default_model_dir, detect_task, model_name, read_
 from inference.settings import Settings, TaskChoice
 
 log = logging.getLogger(__name__)
+
+LoadObserver = Callable[[str, float], None]
+"""Called once per load attempt with (outcome "success" | "failure", seconds)."""
 
 
 class ModelRuntime:
@@ -54,11 +62,15 @@ class ModelRuntime:
         """Batch function for the batcher (runs on its worker thread)."""
         return self.predictor().predict_batch(items)
 
-    def start_loading(self, on_ready: Callable[[ModelInfo], None]) -> None:
-        """Load on a daemon thread; ``on_ready`` is called on the current event loop."""
+    def start_loading(
+        self, on_ready: Callable[[ModelInfo], None], on_loaded: LoadObserver | None = None
+    ) -> None:
+        """Load on a daemon thread; ``on_ready`` is called on the current event loop, and
+        ``on_loaded`` (from the loader thread) with the outcome and duration."""
         loop = asyncio.get_running_loop()
+        observe = on_loaded or (lambda outcome, seconds: None)
         thread = threading.Thread(
-            target=self._load, args=(loop, on_ready), name="model-loader", daemon=True
+            target=self._load, args=(loop, on_ready, observe), name="model-loader", daemon=True
         )
         thread.start()
 
@@ -66,16 +78,23 @@ class ModelRuntime:
         """Abandon a pending ``--load-delay`` wait (the loader thread is a daemon)."""
         self._stopping.set()
 
-    def _load(self, loop: asyncio.AbstractEventLoop, on_ready: Callable[[ModelInfo], None]) -> None:
+    def _load(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_ready: Callable[[ModelInfo], None],
+        on_loaded: LoadObserver,
+    ) -> None:
         settings = self.settings
+        if settings.load_delay > 0:
+            self.reason = f"waiting {settings.load_delay:g} s (--load-delay) before loading"
+            if self._stopping.wait(settings.load_delay):
+                return
+        started = time.perf_counter()
         try:
-            if settings.load_delay > 0:
-                self.reason = f"waiting {settings.load_delay:g} s (--load-delay) before loading"
-                if self._stopping.wait(settings.load_delay):
-                    return
             self.reason = f"loading {self.model_name} from {self.model_path or 'the package'}"
             read_config(settings.model or default_model_dir())  # fail fast, before torch loads
             from inference.models import load_predictor  # torch is imported here, off the loop
+            from inference.precision import Precision
 
             predictor = load_predictor(
                 model_dir=settings.model,
@@ -84,16 +103,20 @@ class ModelRuntime:
                 intents_path=settings.intents,
                 name=settings.model_name,
                 threads=settings.threads,
+                precision=Precision(quantize=settings.quantize, dtype=settings.dtype),
             )
-            self.reason = "running the warm-up forward pass"
-            predictor.warm_up()
+            self.reason = "running the warm-up forward passes"
+            predictor.warm_up(settings.length_buckets)
         except InferenceError as exc:
             detail = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
             self._fail(detail)
+            on_loaded("failure", time.perf_counter() - started)
         except Exception as exc:
             log.exception("unexpected error while loading the model")
             self._fail(f"{type(exc).__name__}: {exc}")
+            on_loaded("failure", time.perf_counter() - started)
         else:
+            on_loaded("success", time.perf_counter() - started)
             loop.call_soon_threadsafe(self._become_ready, predictor, on_ready)
 
     def _become_ready(self, predictor: Predictor, on_ready: Callable[[ModelInfo], None]) -> None:
@@ -102,8 +125,9 @@ class ModelRuntime:
         self.reason = ""
         info = predictor.info
         log.info(
-            "ready: %s from %s, task %s on %s, weights sha256 %s",
-            *(info.name, info.path, info.task, info.device, info.weights_sha256),
+            "ready: %s from %s, task %s on %s (%s, quantize %s), weights sha256 %s",
+            *(info.name, info.path, info.task, info.device, info.dtype, info.quantize),
+            info.weights_sha256,
         )
         on_ready(info)
 

@@ -12,6 +12,8 @@ from typing import Literal, cast
 Task = Literal["embed", "classify", "fill-mask", "text-classification"]
 TaskChoice = Literal["auto", "embed", "classify", "fill-mask", "text-classification"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+QuantizeChoice = Literal["none", "dynamic-int8"]
+DtypeChoice = Literal["float32", "float16", "bfloat16"]
 
 TASK_CHOICES: tuple[TaskChoice, ...] = (
     "auto",
@@ -21,6 +23,10 @@ TASK_CHOICES: tuple[TaskChoice, ...] = (
     "text-classification",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+QUANTIZE_CHOICES: tuple[QuantizeChoice, ...] = ("none", "dynamic-int8")
+DTYPE_CHOICES: tuple[DtypeChoice, ...] = ("float32", "float16", "bfloat16")
+DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256)
+DEFAULT_MAX_TOKENS = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +42,11 @@ class Settings:
     release: str = "dev"
     device: DeviceChoice = "auto"
     threads: int | None = None
+    quantize: QuantizeChoice = "none"
+    dtype: DtypeChoice = "float32"
     max_batch: int = 32
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_chars: int = 2000
@@ -69,6 +79,48 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{value} must be zero or more")
     return value
+
+
+def _length_buckets(text: str) -> tuple[int, ...]:
+    """``16,32,64`` -> (16, 32, 64); ``none`` -> () (one bucket: no grouping by length)."""
+    if text.strip().lower() in ("none", "off", ""):
+        return ()
+    try:
+        bounds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of token counts, e.g. 16,32,64,128"
+        ) from None
+    if any(bound < 1 for bound in bounds) or list(bounds) != sorted(set(bounds)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: bucket bounds must be positive and strictly increasing, e.g. 16,32,64,128"
+        )
+    return bounds
+
+
+def combination_problem(device: DeviceChoice, quantize: QuantizeChoice, dtype: DtypeChoice) -> str:
+    """Why ``--device``/``--quantize``/``--dtype`` do not go together, or "" when they do.
+
+    Dynamic int8 quantization (torch.ao, fbgemm/qnnpack kernels) runs on CPU only; half precision
+    is a GPU option here (CPU float16 matmuls are slow and bfloat16 needs AMX/AVX512-BF16 to pay).
+    ``--device auto`` is resolved when the model loads (see ``inference.precision``).
+    """
+    if quantize != "none" and dtype != "float32":
+        return (
+            f"--quantize {quantize} and --dtype {dtype} are alternatives, not a combination: "
+            "int8 quantization is the CPU option, float16/bfloat16 the CUDA option; pick one"
+        )
+    if quantize != "none" and device == "cuda":
+        return (
+            f"--quantize {quantize} runs on CPU only (torch's dynamic int8 kernels have no CUDA "
+            "version); use --device cpu, or --dtype float16 on CUDA"
+        )
+    if dtype != "float32" and device == "cpu":
+        return (
+            f"--dtype {dtype} is for CUDA devices; on CPU use --quantize dynamic-int8 "
+            "(or the default float32)"
+        )
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +194,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest batch the model worker runs at once",
     )
     add(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default="none",
+        help="dynamic-int8: quantize the Linear layers' weights to int8 (torch.ao dynamic "
+        "quantization; CPU only; see docs/benchmarks.md for speed and agreement with float32)",
+    )
+    add(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="float32",
+        help="weights and activations dtype; float16/bfloat16 only on CUDA",
+    )
+    add(
+        "--max-tokens",
+        type=_bounded_int(1),
+        default=DEFAULT_MAX_TOKENS,
+        metavar="N",
+        help="most padded tokens in one batch (items x longest item); a single longer item "
+        "still runs alone",
+    )
+    add(
+        "--length-buckets",
+        type=_length_buckets,
+        default=DEFAULT_LENGTH_BUCKETS,
+        metavar="N,N,...",
+        help="token-length bucket bounds: a batch takes items of one bucket only, so a long "
+        "text does not pad a batch of short ones; 'none' = one bucket. The warm-up runs one "
+        "pass per bucket length",
+    )
+    add(
         "--max-wait-ms",
         type=_non_negative_float,
         default=5.0,
@@ -199,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """Parse the command line into ``Settings``; exits with status 2 and a message on bad flags."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = combination_problem(args.device, args.quantize, args.dtype)
+    if problem:
+        parser.error(problem)
     return Settings(
         model=cast(Path | None, args.model),
         model_name=cast(str | None, args.model_name),
@@ -210,7 +296,11 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         release=cast(str, args.release),
         device=cast(DeviceChoice, args.device),
         threads=cast(int | None, args.threads),
+        quantize=cast(QuantizeChoice, args.quantize),
+        dtype=cast(DtypeChoice, args.dtype),
         max_batch=cast(int, args.max_batch),
+        max_tokens=cast(int, args.max_tokens),
+        length_buckets=cast(tuple[int, ...], args.length_buckets),
         max_wait_ms=cast(float, args.max_wait_ms),
         max_queue=cast(int, args.max_queue),
         max_chars=cast(int, args.max_chars),

@@ -134,8 +134,9 @@ def test_version_reports_release_model_and_weights_sha256(default_server: Runnin
     assert isinstance(version["started_at"], float)
     info = [line for line in metrics_text(default_server).splitlines() if "model_info{" in line]
     assert info == [
-        'inference_model_info{model="all-MiniLM-L6-v2",release="v-test",'
-        f'sha256="{version["weights_sha256"]}",task="classify"}} 1.0'
+        'inference_model_info{device="cpu",dtype="float32",model="all-MiniLM-L6-v2",'
+        f'quantize="none",release="v-test",sha256="{version["weights_sha256"]}",'
+        'task="classify"} 1.0'
     ]
 
 

@@ -184,3 +184,107 @@ def test_a_model_returning_the_wrong_number_of_results_is_a_model_failure() -> N
 def test_batch_limits_reject_impossible_values(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BatchLimits(**kwargs)  # type: ignore[arg-type]
+
+
+# --- length bucketing ------------------------------------------------------------------------
+# Items are "<name>:<tokens>"; the fake model upper-cases them, so a result names its item.
+
+
+def tokens(item: str) -> int:
+    return int(item.rsplit(":", 1)[1])
+
+
+def bucketed(model: FakeModel, **limits: object) -> Batcher[str, str]:
+    """Buckets <= 16, 17..64, > 64 tokens; batches of 4; no waiting for more items."""
+    settings: dict[str, object] = {"max_batch": 4, "max_wait_s": 0.0, "length_buckets": (16, 64)}
+    batch_limits = BatchLimits(**{**settings, **limits})  # type: ignore[arg-type]
+    return Batcher(model, limits=batch_limits, length=tokens)
+
+
+def test_a_batch_takes_items_of_one_length_bucket_only() -> None:
+    model = FakeModel(hold_first=True)
+
+    async def scenario() -> None:
+        batcher = bucketed(model)
+        await batcher.start()
+        first = batcher.submit(["warm:3"])
+        await started(model)
+        later = batcher.submit(["s1:5", "long1:200", "s2:16", "m1:40", "s3:9", "long2:180"])
+        model.release.set()
+        await asyncio.gather(*first, *later)
+        await batcher.stop()
+
+    run(scenario)
+    assert model.batches == [
+        ["warm:3"],
+        ["s1:5", "s2:16", "s3:9"],  # bucket <= 16, built around the oldest waiting item
+        ["long1:200", "long2:180"],  # bucket > 64
+        ["m1:40"],  # bucket 17..64
+    ]
+
+
+def test_bucketing_never_reorders_a_requests_results() -> None:
+    model = FakeModel()
+    requests = [[f"r{r}i{i}:{(7 * r + 31 * i) % 300 + 1}" for i in range(6)] for r in range(12)]
+
+    async def scenario() -> list[list[str]]:
+        batcher = bucketed(model, max_batch=3, max_wait_s=0.001)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.run(request) for request in requests))
+        await batcher.stop()
+        return results
+
+    assert run(scenario) == [[item.upper() for item in request] for request in requests]
+    assert any(  # the items really travelled in batches other than their request's
+        [item.split("i")[0] for item in batch] != [batch[0].split("i")[0]] * len(batch)
+        for batch in model.batches
+    )
+
+
+def test_a_long_item_is_not_starved_by_a_stream_of_short_ones() -> None:
+    model = FakeModel(hold_first=True)
+
+    async def scenario() -> None:
+        batcher = bucketed(model, max_batch=2)
+        await batcher.start()
+        first = batcher.submit(["warm:3"])
+        await started(model)
+        queued = batcher.submit(["long:200", *(f"s{i}:5" for i in range(6))])
+        model.release.set()
+        await asyncio.gather(*first, *queued)
+        await batcher.stop()
+
+    run(scenario)
+    # The long item was queued first, so it goes next even though short batches would be fuller.
+    assert model.batches[1] == ["long:200"]
+    assert model.batches[2:] == [["s0:5", "s1:5"], ["s2:5", "s3:5"], ["s4:5", "s5:5"]]
+
+
+def test_max_tokens_caps_a_batch_by_padded_size_but_a_lone_long_item_still_runs() -> None:
+    model = FakeModel(hold_first=True)
+
+    async def scenario() -> None:
+        batcher = bucketed(model, max_batch=8, max_tokens=100, length_buckets=())
+        await batcher.start()
+        first = batcher.submit(["warm:3"])
+        await started(model)
+        queued = batcher.submit(["a:30", "b:30", "c:40", "d:150", "e:10"])
+        model.release.set()
+        await asyncio.gather(*first, *queued)
+        await batcher.stop()
+
+    run(scenario)
+    # a+b = 2 x 30 = 60; adding c makes 3 x 40 = 120 > 100. c alone = 40, with d 2 x 150 > 100.
+    assert model.batches[1:] == [["a:30", "b:30"], ["c:40"], ["d:150"], ["e:10"]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_tokens": 0}, "max_tokens must be at least 1, got 0"),
+        ({"length_buckets": (32, 16)}, r"length_buckets must be positive and strictly increasing"),
+    ],
+)
+def test_bucket_limits_reject_impossible_values(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BatchLimits(**kwargs)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ def test_every_flag_is_explained_in_help() -> None:
         "--model", "--task", "--intents", "--host", "--port", "--release", "--device",
         "--threads", "--max-batch", "--max-wait-ms", "--max-queue", "--max-chars",
         "--max-items", "--max-body-bytes", "--observations", "--log-level", "--load-delay",
+        "--quantize", "--dtype", "--max-tokens", "--length-buckets",
     ):  # fmt: skip
         assert flag in text
     assert "for testing slow loads" in text
@@ -83,3 +84,60 @@ def test_weights_sha256_is_the_sha256sum_of_a_single_file(tmp_path: Path) -> Non
     empty.mkdir()
     with pytest.raises(ModelLoadError, match="has no weights"):
         weights_sha256(empty)
+
+
+def test_serving_options_parse_into_settings() -> None:
+    settings = parse_settings(
+        ["--quantize", "dynamic-int8", "--max-tokens", "2048", "--length-buckets", "8,64,128"]
+    )
+    assert (settings.quantize, settings.dtype) == ("dynamic-int8", "float32")
+    assert (settings.max_tokens, settings.length_buckets) == (2048, (8, 64, 128))
+    assert parse_settings(["--length-buckets", "none"]).length_buckets == ()
+    assert parse_settings(["--device", "cuda", "--dtype", "bfloat16"]).dtype == "bfloat16"
+    assert Settings().length_buckets == (16, 32, 64, 128, 256)
+    assert (Settings().quantize, Settings().dtype, Settings().max_tokens) == (
+        "none",
+        "float32",
+        4096,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--quantize", "dynamic-int8", "--dtype", "float16"],
+            "--quantize dynamic-int8 and --dtype float16 are alternatives, not a combination: "
+            "int8 quantization is the CPU option, float16/bfloat16 the CUDA option; pick one",
+        ),
+        (
+            ["--quantize", "dynamic-int8", "--device", "cuda"],
+            "--quantize dynamic-int8 runs on CPU only (torch's dynamic int8 kernels have no "
+            "CUDA version); use --device cpu, or --dtype float16 on CUDA",
+        ),
+        (
+            ["--dtype", "float16", "--device", "cpu"],
+            "--dtype float16 is for CUDA devices; on CPU use --quantize dynamic-int8 "
+            "(or the default float32)",
+        ),
+        (
+            ["--length-buckets", "64,32"],
+            "argument --length-buckets: '64,32': bucket bounds must be positive and strictly "
+            "increasing, e.g. 16,32,64,128",
+        ),
+        (
+            ["--length-buckets", "short"],
+            "argument --length-buckets: 'short' is not a comma-separated list of token counts, "
+            "e.g. 16,32,64,128",
+        ),
+        (["--quantize", "int4"], "argument --quantize: invalid choice: 'int4'"),
+    ],
+)
+def test_option_combinations_that_make_no_sense_are_refused_with_the_reason(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("python -m inference: error: " + message)
