@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_drift import drift_app
 from agent.config import WardenConfig, load_config
 from agent.errors import ApiError, ConfigError, WardenError
 
@@ -36,6 +37,7 @@ rules_app = typer.Typer(
     help="Validate rule files and try them on recorded traces.", no_args_is_help=True
 )
 app.add_typer(rules_app, name="rules")
+app.add_typer(drift_app, name="drift")
 
 # soft_wrap: a message is one line however long (rich would wrap at 80 columns when piped),
 # so `file:line: path: message` problems stay one per line for grep and editors.

@@ -19,6 +19,7 @@ from agent.backends.base import Backend, ReleaseSpec
 from agent.clock import Clock
 from agent.decay_monitor import DecayMonitor
 from agent.domain import SERVICE, ActionKind, Decision, Firing, Snapshot
+from agent.drift import DriftHook
 from agent.errors import BackendError, StateError, WardenError
 from agent.evaluate import evaluate
 from agent.metrics import AgentMetrics
@@ -97,6 +98,7 @@ class Agent:
         receivers: Sequence[alerting.Receiver] = (),
         trace: TraceRecorder | None = None,
         decay: DecayMonitor | None = None,
+        drift: DriftHook | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -109,6 +111,7 @@ class Agent:
         self.receivers = tuple(receivers)
         self.trace = trace
         self.decay = decay
+        self.drift = drift
         self.lock = threading.RLock()
         self.mem = _Memory()
         self._load_memory()
@@ -210,6 +213,13 @@ class Agent:
         if candidate:
             _mark_candidate_canaries(obs, desired.release)
         self._decay_signals(obs, desired, candidate, now)
+        if self.drift is not None:  # the monitor polls on its own job; this reads its signals
+            ready = [v.replica for v in obs.views if v.replica.id in obs.ready_slots]
+            previous = choose_revert_target(self.store.releases(), desired.release)
+            drift = self.drift.tick(
+                ready=ready, release=desired.release, previous_good=previous, now=now
+            )
+            obs.signals.setdefault(SERVICE, {}).update(drift)
         snapshot = Snapshot(
             at=now,
             replicas=tuple(v.replica for v in obs.views),
@@ -370,6 +380,8 @@ class Agent:
             self.store.mark_good(record.tag, now, status.reason)
             if self.decay is not None:  # the baseline later releases are compared with
                 self.decay.capture(record.tag, now)
+            if self.drift is not None:  # the drift reference: this release's bake traffic
+                self.drift.promoted(record.tag, now)
             self._audit("promote", subject=SERVICE, release=record.tag, reason=status.reason)
             self.store.record_event(
                 at=now, kind="promoted", subject=record.tag, message=status.reason

@@ -295,6 +295,11 @@ _ALL = (
           "share of features whose drift test rejected"),
     _spec("drift_statistic", Unit.NUMBER, _S, "drift statistic",
           "largest per-feature drift test statistic (KS distance for the scipy engine)"),
+    _spec("drift_since_deploy", Unit.BOOL, _S, "drift since deploy",
+          "1 when drift began with the current release's deploy: against the replaced good "
+          "release's reference, within drift.deploy_windows windows, while that release was not "
+          "drifting", true_text="drifting since the deploy",
+          false_text="no drift since the deploy"),
     _spec("decay_detected", Unit.BOOL, _S, "accuracy decay",
           "1 when canary or feedback accuracy fell significantly below the baseline",
           true_text="accuracy decay detected", false_text="no accuracy decay"),
