@@ -1,9 +1,8 @@
 """The images of scripts/engine.sh on a real engine: good serves, bad fails canaries, broken never
-becomes ready; HEALTHCHECK, non-root user, the agent image without torch, docker-compose.yml."""
+becomes ready; HEALTHCHECK, non-root user, the agent image without torch."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.docker.conftest import AGENT_IMAGE, REPO
+from tests.docker.conftest import AGENT_IMAGE
 from tests.docker.helpers import Replica, host_port, wait_health, wait_ready
 
 # A phrase of the golden set that is NOT one of the intents' example phrases.
@@ -137,58 +136,3 @@ def test_agent_image_has_no_torch(docker_client: Any, images: dict[str, str]) ->
     image = docker_client.images.get(AGENT_IMAGE)
     assert image.attrs["Config"]["User"] not in ("", "0", "root")
     assert image.attrs["Config"]["Cmd"][:2] == ["warden", "agent"]
-
-
-def _compose(env: dict[str, str], project: str, *args: str, timeout: float = 120) -> str:
-    result = subprocess.run(
-        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "-p", project, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert result.returncode == 0, f"docker-compose {' '.join(args)}:\n{result.stderr[-2000:]}"
-    return result.stdout
-
-
-def test_compose_file_is_valid(docker_env: dict[str, str]) -> None:
-    services = _compose(docker_env, "warden-config-check", "config", "--services").split()
-    assert {"inference", "agent", "prometheus", "alertmanager"} <= set(services)
-    with_grafana = _compose(
-        docker_env, "warden-config-check", "--profile", "grafana", "config", "--services"
-    ).split()
-    assert "grafana" in with_grafana
-
-
-def test_compose_brings_inference_to_healthy(
-    docker_client: Any, docker_env: dict[str, str], images: dict[str, str]
-) -> None:
-    project = f"wardentest{uuid.uuid4().hex[:8]}"
-    try:
-        _compose(docker_env, project, "up", "-d", "inference")
-        containers = docker_client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={project}"}
-        )
-        assert len(containers) == 1
-        container = containers[0]
-        assert container.labels["warden.service"] == "inference"
-        assert container.labels["warden.project"] == "warden"
-        deadline = time.monotonic() + 60
-        status = "none"
-        while time.monotonic() < deadline:
-            container.reload()
-            status = container.attrs["State"].get("Health", {}).get("Status", "none")
-            if status == "healthy" or container.status == "exited":
-                break
-            time.sleep(0.5)
-        assert status == "healthy", container.logs(tail=40).decode("utf-8", "replace")
-        port = container.attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]
-        assert port["HostIp"] == "127.0.0.1"
-    finally:
-        _compose(docker_env, project, "down", "-v", "--remove-orphans", timeout=120)
-    left = docker_client.containers.list(
-        all=True, filters={"label": f"com.docker.compose.project={project}"}
-    )
-    assert left == []
