@@ -412,10 +412,12 @@ Model load time (cold `docker run` → `/ready`, median of the crash baseline's 
 |---|---|---|
 {target_lines}
 
-The bad release's time is the shipped `canary-failing` rule's `for: 10s` (Warden's "detected"),
-then stopping the bad container and a cold start of `good` (a model load); the baseline's figure is
-a best case that assumes a person who acts the instant the first check fails. Shortening `for`
-trades false reverts for speed; the load time is the image's.
+The bad release's time is the shipped `candidate-canary-failing` rule's `for: 2s` (a release that
+is still baking and answers a golden-set item wrongly in one canary run that the next run, 2 s
+later, does not clear; Warden's "detected"), then stopping the bad container and a cold start of
+`good` (a model load: most of the figure); a proven release keeps `canary-failing`'s `for: 10s`.
+The baseline's figure is a best case that assumes a person who acts the instant the first check
+fails.
 {END}"""
 
 
