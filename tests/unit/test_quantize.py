@@ -48,6 +48,9 @@ def test_int8_replaces_every_linear_layer_with_a_quantized_one(tiny_bert: Path) 
     assert count_quantized_linear(int8.model) == len(linear)  # type: ignore[attr-defined]
     assert not [m for m in int8.model.modules() if type(m) is torch.nn.Linear]  # type: ignore[attr-defined]
     assert count_quantized_linear(float32.model) == 0  # type: ignore[attr-defined]
+    quantized = [m for m in int8.model.modules() if hasattr(m, "weight") and callable(m.weight)]  # type: ignore[attr-defined]
+    assert {m.weight().dtype for m in quantized} == {torch.qint8}
+    assert {m.weight().qscheme() for m in quantized} == {torch.per_channel_affine}
     assert (int8.info.quantize, int8.info.dtype, int8.info.device) == (
         "dynamic-int8",
         "float32",
