@@ -9,7 +9,7 @@ monitor keeps the "consecutive windows" memory; the CLI runs this same function 
   effect size the decision's floor is applied to, whatever test gives the p-value.
 - **KS p-values.** ``method="asymp"`` (default) is what alibi-detect's ``KSDrift`` uses
   (``ks_2samp(..., mode="asymp")``): Smirnov's distribution with ``n = m·n/(m+n)``, vectorised
-  here over all features (one call instead of one per feature: 33 features in about a millisecond).
+  here over all features, with the distribution's values memoised (they recur).
   ``exact`` and ``auto`` call ``scipy.stats.ks_2samp`` per feature (slower, same statistic).
 - **Correction.** Testing 33 features at α would alarm on 28 % of drift-free windows. Bonferroni
   (default: ``min(1, p·k)``) bounds the family-wise false-alarm rate by α; Benjamini-Hochberg
@@ -143,22 +143,39 @@ def check_inputs(
 
 
 def ks_statistics(reference: FloatArray, current: FloatArray) -> FloatArray:
-    """Two-sided KS statistic of every column at once, bit-identical to ``ks_2samp``'s.
+    """Two-sided KS statistic of every column, bit-identical to ``ks_2samp``'s.
 
-    Both CDFs are evaluated at every pooled value, at the last of equal values (scipy's
-    ``searchsorted(side="right")``), as integer counts divided by the sample sizes.
+    As scipy does: both empirical CDFs evaluated at every pooled value with
+    ``searchsorted(side="right")`` (integer counts divided by the sample sizes); sorting all
+    columns at once and searching per column is about ten times faster than calling ``ks_2samp``.
     """
     n1, n2 = reference.shape[0], current.shape[0]
-    pooled = np.concatenate([reference, current], axis=0)
-    order = np.argsort(pooled, axis=0, kind="stable")
-    values = np.take_along_axis(pooled, order, axis=0)
-    below_ref = np.cumsum(order < n1, axis=0)
-    below_cur = np.arange(1, n1 + n2 + 1)[:, None] - below_ref
-    distance = np.abs(below_ref / n1 - below_cur / n2)
-    last_of_equal = np.ones(values.shape, dtype=bool)
-    last_of_equal[:-1] = values[1:] != values[:-1]
-    result: FloatArray = np.where(last_of_equal, distance, 0.0).max(axis=0)
+    ref_sorted, cur_sorted = np.sort(reference, axis=0), np.sort(current, axis=0)
+    pooled = np.concatenate([ref_sorted, cur_sorted], axis=0)
+    result = np.empty(reference.shape[1], dtype=np.float64)
+    for j in range(reference.shape[1]):
+        cdf1 = np.searchsorted(ref_sorted[:, j], pooled[:, j], side="right") / n1
+        cdf2 = np.searchsorted(cur_sorted[:, j], pooled[:, j], side="right") / n2
+        result[j] = np.abs(cdf1 - cdf2).max()
     return result
+
+
+_SF_CACHE: dict[tuple[float, float], float] = {}
+_SF_CACHE_LIMIT = 100_000
+
+
+def _kstwo_sf(statistics: FloatArray, n: float) -> FloatArray:
+    """``kstwo.sf(d, n)``, memoised: KS distances sit on a lattice of k/lcm(n1, n2), so the same
+    few dozen values recur across features and windows, and each costs ~0.4 ms to compute."""
+    from scipy import stats
+
+    missing = sorted({float(d) for d in statistics if (float(d), n) not in _SF_CACHE})
+    if missing:
+        if len(_SF_CACHE) + len(missing) > _SF_CACHE_LIMIT:
+            _SF_CACHE.clear()
+        for d, p in zip(missing, stats.kstwo.sf(np.array(missing), n), strict=True):
+            _SF_CACHE[(d, n)] = float(p)
+    return np.array([_SF_CACHE[(float(d), n)] for d in statistics], dtype=np.float64)
 
 
 def ks_p_values(
@@ -169,8 +186,8 @@ def ks_p_values(
 
     if method == "asymp":  # exactly ks_2samp's asymptotic branch, for all columns in one call
         m, n = float(reference.shape[0]), float(current.shape[0])
-        effective = np.round(m * n / (m + n))
-        p: FloatArray = np.clip(stats.kstwo.sf(statistics, effective), 0.0, 1.0)
+        effective = float(np.round(m * n / (m + n)))
+        p: FloatArray = np.clip(_kstwo_sf(statistics, effective), 0.0, 1.0)
         return p
     return np.array(
         [

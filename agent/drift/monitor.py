@@ -149,9 +149,9 @@ class DriftMonitor:
             if watch is None or watch.release != context.release:
                 watch = self._switch(context.release)
             self._collect(watch, context, now)
+            self._close_windows(watch, context, now)  # traffic before the capture: old reference
             for release in captures:
                 self._capture(watch, release, now)
-            self._close_windows(watch, context, now)
 
     def _switch(self, release: str) -> _Watch:
         """A new release serves: start its windows; no evidence of drift yet (rules resolve)."""
