@@ -15,7 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.backends.base import ReleaseSpec
+from agent.decay_monitor import DecayMonitor
 from agent.errors import WardenError
+from agent.feedback import FeedbackItem
 from agent.loop import Agent
 from agent.status import action_json, event_json, release_json, status_document
 
@@ -38,6 +40,21 @@ class RollbackBody(BaseModel):
 class FlagBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     on: bool
+
+
+class FeedbackItemBody(BaseModel):
+    """One labelled answer: what the service predicted and what was right (docs/decay.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    predicted: str = Field(min_length=1, max_length=256)
+    label: str = Field(min_length=1, max_length=256)
+    release: str | None = Field(None, min_length=1, max_length=128)  # None: the current one
+    id: str | None = Field(None, min_length=1, max_length=256)  # a repeated id counts once
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[FeedbackItemBody] = Field(min_length=1, max_length=1000)
 
 
 def create_api(agent: Agent, *, token: str | None, read_open: bool = True) -> FastAPI:
@@ -104,6 +121,8 @@ def create_api(agent: Agent, *, token: str | None, read_open: bool = True) -> Fa
     def rollback(body: RollbackBody) -> dict[str, Any]:
         return agent.rollback(body.to)
 
+    _feedback_routes(app, agent, read=read, write=write)
+
     @app.post("/api/maintenance", dependencies=write)
     def maintenance(body: FlagBody) -> dict[str, Any]:
         return agent.set_flags(maintenance=body.on)
@@ -113,3 +132,33 @@ def create_api(agent: Agent, *, token: str | None, read_open: bool = True) -> Fa
         return agent.set_flags(frozen=body.on)
 
     return app
+
+
+def _feedback_routes(app: FastAPI, agent: Agent, *, read: list[Any], write: list[Any]) -> None:
+    """``POST /api/feedback`` (labelled answers, token) and ``GET /api/feedback`` (decay state)."""
+
+    def decay() -> DecayMonitor:
+        if agent.decay is None:
+            raise HTTPException(409, "accuracy decay detection is off (decay: enabled: false)")
+        return agent.decay
+
+    def current_release() -> str:
+        desired = agent.store.desired()
+        return desired.release if desired is not None else ""
+
+    @app.post("/api/feedback", dependencies=write)
+    def feedback(body: FeedbackBody) -> dict[str, Any]:
+        monitor, release = decay(), current_release()
+        items = [
+            FeedbackItem(
+                predicted=i.predicted, label=i.label, release=i.release or release, key=i.id
+            )
+            for i in body.items
+        ]
+        added = monitor.feedback.add(items, agent.clock.now())
+        counts = {"accepted": added.accepted, "duplicates": added.duplicates}
+        return counts | monitor.describe(release)
+
+    @app.get("/api/feedback", dependencies=read)
+    def feedback_status() -> dict[str, Any]:
+        return decay().describe(current_release())

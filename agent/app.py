@@ -26,7 +26,9 @@ from agent.backends.base import Backend
 from agent.canaries import load_canaries
 from agent.clock import Clock, SystemClock
 from agent.config import WardenConfig, is_loopback
+from agent.decay_monitor import DecayMonitor, DecaySettings
 from agent.errors import BackendError, ConfigError, WardenError
+from agent.feedback import FeedbackStore
 from agent.file_sd import TargetFile
 from agent.loop import Agent, AgentSettings
 from agent.metrics import AgentMetrics
@@ -126,7 +128,25 @@ def build_agent(
         metrics=AgentMetrics(),
         receivers=alerting.receivers_from_config(cfg.alerts, generator_url=status_url(cfg)),
         trace=TraceRecorder(trace_path) if trace_path else None,
+        decay=decay_monitor(cfg),
     )
+
+
+def decay_monitor(cfg: WardenConfig) -> DecayMonitor | None:
+    """Accuracy decay detection as ``decay:`` configures it (None when disabled)."""
+    d = cfg.decay
+    if not d.enabled:
+        return None
+    settings = DecaySettings(
+        alpha=d.alpha,
+        baseline_runs=d.baseline_runs,
+        min_confidence_drop=d.min_confidence_drop,
+        min_accuracy_drop=d.min_accuracy_drop,
+        feedback_window=d.feedback_window,
+        feedback_min_samples=d.feedback_min_samples,
+    )
+    feedback = FeedbackStore(cfg.state_dir, window=d.feedback_window)
+    return DecayMonitor(settings=settings, state_dir=cfg.state_dir, feedback=feedback)
 
 
 def status_url(cfg: WardenConfig) -> str:
@@ -272,4 +292,6 @@ class Runtime:
         self._api_thread.join(timeout=5)
         self.agent.observer.close()
         self.agent.backend.close()
+        if self.agent.decay is not None:
+            self.agent.decay.feedback.close()
         self._http.close()

@@ -237,6 +237,27 @@ class PolicySettings(_Section):
         return self
 
 
+class DecaySettings(_Section):
+    """Accuracy decay detection against the last good release's baseline (docs/decay.md)."""
+
+    enabled: bool = True
+    alpha: float = Field(0.05, gt=0, lt=1)  # family-wise, Bonferroni over the tests that ran
+    baseline_runs: int = Field(5, ge=1, le=100)  # canary runs pooled into a baseline
+    min_confidence_drop: float = Field(0.05, ge=0, le=1)
+    min_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    feedback_window: int = Field(500, ge=1, le=100_000)
+    feedback_min_samples: int = Field(250, ge=1)
+
+    @model_validator(mode="after")
+    def _window_holds_the_minimum(self) -> DecaySettings:
+        if self.feedback_min_samples > self.feedback_window:
+            raise ValueError(
+                f"feedback_min_samples ({self.feedback_min_samples}) is more than "
+                f"feedback_window ({self.feedback_window}): the test could never run"
+            )
+        return self
+
+
 def _base_dir(info: ValidationInfo) -> Path:
     context = info.context if isinstance(info.context, dict) else {}
     base = context.get("base_dir")
@@ -297,6 +318,7 @@ class WardenConfig(_Section):
     alerts: tuple[AlertSettings, ...] = ()
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    decay: DecaySettings = Field(default_factory=DecaySettings)
     maintenance: bool = False
 
     @model_validator(mode="before")
@@ -350,6 +372,7 @@ __all__ = [
     "AlertSettings",
     "ApiSettings",
     "BackendSettings",
+    "DecaySettings",
     "PolicySettings",
     "ProbeSettings",
     "PrometheusSettings",

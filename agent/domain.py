@@ -64,6 +64,9 @@ class CanaryItemResult:
     confidence: float | None
     latency_s: float
     reason: str = ""
+    # Probability the model gave the *expected* label (from ``scores`` or fill-mask ``tokens``);
+    # None when the reply does not say. Accuracy decay compares it with the release's baseline.
+    expected_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -131,7 +131,27 @@ def _check(canary: CanaryInput, prediction: dict[str, Any], latency_s: float) ->
         confidence=confidence,
         latency_s=latency_s,
         reason=reason,
+        expected_score=_expected_score(canary.expected, got, confidence, prediction),
     )
+
+
+def _expected_score(
+    expected: str, got: str | None, confidence: float | None, prediction: dict[str, Any]
+) -> float | None:
+    """The probability of the expected label: top-1 score, ``scores`` or fill-mask ``tokens``."""
+    if got == expected and confidence is not None:
+        return confidence
+    scores = prediction.get("scores")
+    if isinstance(scores, dict) and isinstance(scores.get(expected), int | float):
+        return float(scores[expected])
+    tokens = prediction.get("tokens")
+    if isinstance(tokens, list) and tokens:
+        listed = [t for t in tokens if isinstance(t, dict)]
+        for token in listed:
+            if token.get("token") == expected and isinstance(token.get("score"), int | float):
+                return float(token["score"])
+        return 0.0  # not among the top k: below the smallest listed, 0 is the honest floor
+    return None
 
 
 def _item_failure(canary: CanaryInput, got: str | None, confidence: float | None) -> str:

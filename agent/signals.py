@@ -309,7 +309,8 @@ _ALL = (
           "how far canary accuracy fell below the promoted release's baseline (0 if not)"),
     _spec("candidate_decay_detected", Unit.BOOL, _S, "candidate accuracy decay",
           "1 when a candidate release answers significantly worse than the last good release's "
-          "baseline", true_text="candidate decayed", false_text="candidate did not decay"),
+          "baseline", true_text="accuracy decayed below the last good release's",
+          false_text="no accuracy decay against the last good release"),
     _spec("accuracy", Unit.RATIO, _S, "accuracy",
           "share of labelled feedback answered correctly in the live window (POST /api/feedback)"),
     _spec("accuracy_drop", Unit.RATIO, _S, "accuracy drop",
