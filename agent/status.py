@@ -61,6 +61,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "dry_run": agent.settings.policy.dry_run,
         "in_flight": [action_json(a) for a in store.pending_actions()],
         "rules_problems": list(agent.mem.rules_problems),
+        "engine_problem": agent.mem.engine_problem or None,
         "service_signals": dict(obs.signals.get("service", {})) if obs is not None else {},
         "observed_at": obs.at if obs is not None else None,
     }

@@ -27,6 +27,7 @@ import pytest
 from tests.docker.conftest import SESSION_ID, TEST_LABEL, remove_project
 from tests.docker.helpers import pause_container, restart_engine
 from tests.integration.agent_harness import RunningAgent, healing_rules, running_agent
+from tests.reliability import lost_in_audit, record, record_agent
 
 LOAD_S = 240.0  # a model load on 2 cores shared with other test runs can take a minute or more
 SLOW_CPUS = "0.05"
@@ -238,7 +239,7 @@ def test_killed_model_process_is_seen_from_the_die_event_and_restarted(
 
 
 def test_paused_container_is_detected_by_health_timeouts_and_restarted(
-    agent: RunningAgent, docker_client: Any
+    request: pytest.FixtureRequest, agent: RunningAgent, docker_client: Any
 ) -> None:
     agent.wait_serving("good", timeout=LOAD_S)
     old = first_replica(agent)["container_id"]
@@ -250,6 +251,7 @@ def test_paused_container_is_detected_by_health_timeouts_and_restarted(
     assert restart["ts"] - paused_at < 5.0
     assert [e["subject"] for e in events(agent, "pause")] == ["inference-1"]
     assert not docker_client.containers.list(all=True, filters={"id": old})
+    record_agent("server-pause", request, agent, paused_at)
 
 
 def test_bad_release_fails_its_canaries_and_is_reverted_to_good(agent: RunningAgent) -> None:
@@ -261,7 +263,7 @@ def test_bad_release_fails_its_canaries_and_is_reverted_to_good(agent: RunningAg
     assert releases(agent)["bad"] == "bad"
     assert releases(agent)["good"] == "good"
     (rollback,) = decisions(agent, "rollback")
-    assert rollback["rule"] in ("canary-failing", "canary-accuracy-low")
+    assert rollback["rule"] == "candidate-canary-failing"  # a baking release goes back fast
 
 
 def test_release_that_cannot_load_its_model_is_reverted(agent: RunningAgent) -> None:
@@ -278,10 +280,11 @@ def test_release_that_cannot_load_its_model_is_reverted(agent: RunningAgent) -> 
 
 
 def test_slow_replica_fires_the_latency_rule_and_is_scaled_out_to_two(
-    agent: RunningAgent, docker_env: dict[str, str]
+    request: pytest.FixtureRequest, agent: RunningAgent, docker_env: dict[str, str]
 ) -> None:
     agent.wait(settled_on("good"), "good serving", LOAD_S)
     replica = first_replica(agent)
+    fault_at = time.time()
     with rules_replaced(agent.root / "rules", {"scale.yaml": SCALE_RULES}, agent):
         throttle(docker_env, replica["container_id"], SLOW_CPUS)
         with BoundedLoad(replica["url"]) as load:
@@ -296,9 +299,11 @@ def test_slow_replica_fires_the_latency_rule_and_is_scaled_out_to_two(
     for r in serving["replicas"]:
         answer = httpx.post(f"{r['url']}/predict", json={"inputs": "refund me"}, timeout=30)
         assert answer.status_code == 200, answer.text
+    record_agent("server-slow", request, agent, fault_at, "(scaled out to 2)")
 
 
 def test_model_killed_for_memory_is_reported_as_oom(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     docker_client: Any,
     docker_env: dict[str, str],
@@ -308,6 +313,7 @@ def test_model_killed_for_memory_is_reported_as_oom(
     with docker_agent(
         tmp_path, docker_client, docker_env, test_network, memory_limit="150m"
     ) as oom_agent:
+        fault_at = time.time()  # the limit is the fault: every start is OOM-killed
         oom_agent.wait(
             lambda _s: bool(events(oom_agent, "oom")), "an oom event from the engine", LOAD_S
         )
@@ -323,14 +329,25 @@ def test_model_killed_for_memory_is_reported_as_oom(
         assert alert["reason"].startswith("alert: inference-1 ")
         assert alert["reason"].endswith("(rule replica-oom)")
         assert any(d["rule"] == "replica-exited" for d in decisions(oom_agent, "restart"))
+        record(
+            "server-oom",
+            lost=lost_in_audit(
+                oom_agent.audit(), [a for a in oom_agent.actions() if a["status"] != "pending"]
+            ),
+            healthy_after_s=None,
+            actions=len(decisions(oom_agent, "restart")),
+            test=str(request.node.nodeid),
+            note=f"(OOM seen {events(oom_agent, 'oom')[0]['at'] - fault_at:.1f} s after start)",
+        )
 
 
 def test_dockerd_restart_agent_reconnects_and_keeps_healing(
-    agent: RunningAgent, docker_client: Any
+    request: pytest.FixtureRequest, agent: RunningAgent, docker_client: Any
 ) -> None:
     """LAST in this file: restarting dockerd stops every container on the engine."""
     before = agent.wait_serving("good", timeout=LOAD_S)
     old = {r["id"]: r["container_id"] for r in before["replicas"]}
+    fault_at = time.time()
     away_s = restart_engine(docker_client)
     print(f"dockerd was away for {away_s:.1f} s")
     healed = agent.wait(
@@ -351,3 +368,4 @@ def test_dockerd_restart_agent_reconnects_and_keeps_healing(
     assert len(events(agent, "die")) > dies_before
     last = [d for d in decisions(agent, "restart") if d["rule"] == "replica-exited"][-1]
     assert last["ts"] - killed_at < 2.0
+    record_agent("engine-restart", request, agent, fault_at, f"(engine away {away_s:.0f} s)")

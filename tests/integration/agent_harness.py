@@ -76,6 +76,9 @@ class RunningAgent:
     def get(self, path: str) -> Any:
         return httpx.get(self.api + path, timeout=5.0).json()
 
+    def get_text(self, path: str) -> str:
+        return httpx.get(self.api + path, timeout=5.0).text
+
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(
             self.api + path,

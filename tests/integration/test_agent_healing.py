@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.integration.agent_harness import (
     running_agent,
     swapped_intents,
 )
+from tests.reliability import record_agent
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +46,13 @@ def _good(agent: RunningAgent, tag: str) -> None:
     agent.wait(lambda s: s["last_good_release"] == tag, f"{tag} promoted good")
 
 
-def test_killed_replica_is_restarted_and_the_audit_says_why(tmp_path: Path) -> None:
+def test_killed_replica_is_restarted_and_the_audit_says_why(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     with running_agent(tmp_path) as agent:
         agent.wait_serving("v1")
         (old_pid,) = agent.replica_pids()
+        fault_at = time.time()
         os.kill(old_pid, signal.SIGKILL)
         healed = agent.wait(
             lambda s: s["replicas"][0]["ready"] and s["replicas"][0]["pid"] not in (None, old_pid),
@@ -62,12 +67,16 @@ def test_killed_replica_is_restarted_and_the_audit_says_why(tmp_path: Path) -> N
         agent.wait(lambda s: not s["in_flight"], "the restart to be verified")
         (action,) = [a for a in agent.actions() if a["kind"] == "restart"]
         assert action["status"] == "verified"
+        record_agent("server-crash", request, agent, fault_at)
 
 
-def test_hung_replica_is_detected_by_health_timeouts_and_restarted(tmp_path: Path) -> None:
+def test_hung_replica_is_detected_by_health_timeouts_and_restarted(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     with running_agent(tmp_path) as agent:
         agent.wait_serving("v1")
         (old_pid,) = agent.replica_pids()
+        fault_at = time.time()
         os.kill(old_pid, signal.SIGSTOP)
         agent.wait(
             lambda s: s["replicas"][0]["ready"] and s["replicas"][0]["pid"] not in (None, old_pid),
@@ -76,13 +85,17 @@ def test_hung_replica_is_detected_by_health_timeouts_and_restarted(tmp_path: Pat
         (restart,) = _decisions(agent, "restart")
         assert restart["rule"] == "health-failures"
         assert "health failed 3 times in a row" in restart["reason"]
+        record_agent("server-hang", request, agent, fault_at)
 
 
-def test_bad_release_is_reverted_to_last_good_and_marked_bad(tmp_path: Path) -> None:
+def test_bad_release_is_reverted_to_last_good_and_marked_bad(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     bad_intents = swapped_intents(tmp_path / "swapped.yaml")
     with running_agent(tmp_path) as agent:
         agent.wait_serving("v1")
         _good(agent, "v1")
+        fault_at = time.time()
         resp = agent.post("/api/deploy", {"tag": "v2", "args": ["--intents", str(bad_intents)]})
         assert resp.status_code == 202, resp.text
         _wait_serving_v1_again(agent, "the bad release to be reverted to v1")
@@ -90,31 +103,38 @@ def test_bad_release_is_reverted_to_last_good_and_marked_bad(tmp_path: Path) -> 
         assert releases["v2"]["status"] == "bad"
         assert releases["v1"]["status"] == "good"
         (rollback,) = _decisions(agent, "rollback")
-        assert rollback["rule"] in ("canary-failing", "canary-accuracy-low")
+        assert rollback["rule"] == "candidate-canary-failing"  # a baking release goes back fast
         assert rollback["target_release"] in (None, "v1")
+        record_agent("server-garbage", request, agent, fault_at)
 
 
-def test_release_that_cannot_load_its_model_is_reverted(tmp_path: Path) -> None:
+def test_release_that_cannot_load_its_model_is_reverted(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{ this is not json")
     with running_agent(tmp_path) as agent:
         agent.wait_serving("v1")
         _good(agent, "v1")
+        fault_at = time.time()
         resp = agent.post("/api/deploy", {"tag": "v3", "model": str(broken)})
         assert resp.status_code == 202, resp.text
         _wait_serving_v1_again(agent, "the broken release to be reverted to v1")
         releases = {r["tag"]: r for r in agent.get("/api/releases")["releases"]}
         assert releases["v3"]["status"] == "bad"
         assert len(_decisions(agent, "rollback")) == 1
+        record_agent("server-no-load", request, agent, fault_at)
 
 
 def test_invalid_rules_edit_keeps_the_last_valid_set_and_healing_goes_on(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
     rules = healing_rules(tmp_path)
     with running_agent(tmp_path, rules=rules) as agent:
         agent.wait_serving("v1")
+        fault_at = time.time()
         (rules / "health.yaml").write_text("rules:\n  - name: broken\n    when: up >>> 1\n")
         doc = agent.wait(lambda s: bool(s["rules_problems"]), "the invalid edit to be reported")
         assert any("health.yaml:3" in p for p in doc["rules_problems"])
@@ -126,9 +146,12 @@ def test_invalid_rules_edit_keeps_the_last_valid_set_and_healing_goes_on(
             "the kept replica-exited rule to restart the replica",
         )
         assert [r["rule"] for r in _decisions(agent, "restart")] == ["replica-exited"]
+        record_agent("rules-invalid", request, agent, fault_at)
 
 
-def test_agent_killed_during_a_revert_finishes_it_exactly_once(tmp_path: Path) -> None:
+def test_agent_killed_during_a_revert_finishes_it_exactly_once(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     bad_intents = swapped_intents(tmp_path / "swapped.yaml")
     with running_agent(tmp_path) as agent:
         agent.wait_serving("v1")
@@ -139,6 +162,7 @@ def test_agent_killed_during_a_revert_finishes_it_exactly_once(tmp_path: Path) -
             "the rollback to start",
             timeout=90,
         )
+        fault_at = time.time()
         agent.kill()
         agent.start()
         _wait_serving_v1_again(agent, "the restarted agent to finish the revert")
@@ -146,3 +170,4 @@ def test_agent_killed_during_a_revert_finishes_it_exactly_once(tmp_path: Path) -
         assert [a["status"] for a in rollbacks] == ["verified"]
         assert len(_decisions(agent, "rollback")) == 1
         assert any(r["kind"] == "resume" for r in agent.audit())
+        record_agent("agent-kill-revert", request, agent, fault_at)

@@ -20,6 +20,7 @@ from agent.alerts import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.integration.conftest_obs import RELEASE, WEBHOOK_SECRET, ObsStack
 from tests.integration.obs_support import Received, Sink
 from tests.integration.polling import wait_until
+from tests.reliability import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 
@@ -120,7 +121,9 @@ def test_slack_receiver_gets_one_line_of_text(obs_stack: ObsStack) -> None:
           "the Slack resolve", obs_stack)  # fmt: skip
 
 
-def test_receiver_that_was_down_gets_the_alert_after_it_comes_back(obs_stack: ObsStack) -> None:
+def test_receiver_that_was_down_gets_the_alert_after_it_comes_back(
+    request: pytest.FixtureRequest, obs_stack: ObsStack
+) -> None:
     assert obs_stack.late_failures_before_up >= 1  # it really was down when the alert fired
     _wait(lambda: _webhook_alerts(obs_stack.late_sink, "/late", "firing"),
           "the alert at the receiver that came back", obs_stack)  # fmt: skip
@@ -130,9 +133,13 @@ def test_receiver_that_was_down_gets_the_alert_after_it_comes_back(obs_stack: Ob
     firing = _webhook_alerts(obs_stack.late_sink, "/late", "firing")
     assert len(firing) == 1  # delivered once, not once per failed attempt
     assert firing[0].json()["alert"]["starts_at"] >= obs_stack.killed_at - 1
+    record("receiver-down", lost="nothing", healthy_after_s=firing[0].at - obs_stack.killed_at,
+           actions=0, test=request.node.nodeid, note="(alert delivered)")  # fmt: skip
 
 
-def test_receiver_answering_500_is_retried_until_it_takes_the_alert(obs_stack: ObsStack) -> None:
+def test_receiver_answering_500_is_retried_until_it_takes_the_alert(
+    request: pytest.FixtureRequest, obs_stack: ObsStack
+) -> None:
     for status in ("firing", "resolved"):
         _wait(lambda s=status: _webhook_alerts(obs_stack.flaky_sink, "/flaky", s),
               f"the {status} alert at the receiver that answered 500", obs_stack)  # fmt: skip
@@ -147,3 +154,6 @@ def test_receiver_answering_500_is_retried_until_it_takes_the_alert(obs_stack: O
         assert retries[0].at - bad.at >= 0.9  # backoff: 1 s after the first failure
     delivered = [item.json()["alert"]["status"] for item in attempts if item.status == 200]
     assert sorted(delivered) == ["firing", "resolved"]  # each exactly once
+    first_ok = min(item.at for item in attempts if item.status == 200)
+    record("receiver-500", lost="nothing", healthy_after_s=first_ok - obs_stack.killed_at,
+           actions=0, test=request.node.nodeid, note="(alert delivered)")  # fmt: skip

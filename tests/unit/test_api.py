@@ -357,6 +357,7 @@ def test_status_document_describes_release_replicas_and_flags(agent: Agent) -> N
         "dry_run": False,
         "in_flight": [],
         "rules_problems": [],
+        "engine_problem": None,
         "service_signals": {"replicas_ready": 1.0},
         "observed_at": T0 + 1.0,
     }
@@ -405,3 +406,12 @@ def test_actions_lists_the_action_history(agent: Agent) -> None:
     assert [(a["kind"], a["subject"], a["target"], a["status"]) for a in doc["actions"]] == [
         ("rollback", "service", "v1", "pending")
     ]
+
+
+def test_rules_endpoint_lists_the_rules_in_effect(agent: Agent) -> None:
+    doc = api(agent).get("/api/rules").json()
+    assert doc["problems"] == []
+    assert [f.rsplit("/", 1)[-1] for f in doc["files"]] == ["health.yaml"]
+    rule = doc["rules"][0]
+    assert set(rule) == {"name", "when", "for_s", "severity", "actions", "source", "description"}
+    assert rule["source"].startswith(doc["files"][0])
