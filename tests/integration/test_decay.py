@@ -58,9 +58,11 @@ def _events(agent: Any, kind: str) -> list[dict[str, Any]]:
 
 
 def test_a_release_with_degraded_weights_is_reverted_by_the_decay_test(tmp_path: Path) -> None:
+    begun = time.monotonic()
     model = degraded_model(tmp_path / "degraded-model")
     with running_agent(tmp_path, rules=quality_rules(tmp_path)) as agent:
         agent.wait(lambda s: s["last_good_release"] == "v1", "v1 promoted good", 180.0)
+        print(f"degraded model built, v1 started and promoted: {time.monotonic() - begun:.1f} s")
         feedback = agent.post(
             "/api/feedback", {"items": [{"predicted": "billing", "label": "billing"}]}
         )
