@@ -212,7 +212,7 @@ def test_a_candidate_with_degraded_confidences_is_reverted_within_one_canary_run
 def test_decay_of_a_good_release_in_place_alerts_and_does_not_roll_back(world: World) -> None:
     agent = promoted(world)
     world.engine.confidences["v1"] = DEGRADED  # the same release starts answering worse
-    world.run(agent, 200.0)
+    world.run(agent, 200.0, step=5.0)
     signals = service_signals(agent)
     assert signals["decay_detected"] == 1.0
     assert signals["candidate_decay_detected"] == 0.0
