@@ -18,8 +18,11 @@ from agent.backends.base import ReleaseSpec
 from agent.decay_monitor import DecayMonitor
 from agent.errors import WardenError
 from agent.feedback import FeedbackItem
+from agent.history import SignalHistory
 from agent.loop import Agent
 from agent.status import action_json, event_json, release_json, status_document
+from agent.web.page import add_status_page
+from agent.web.rollout import rollout_document
 
 
 class DeployBody(BaseModel):
@@ -57,9 +60,18 @@ class FeedbackBody(BaseModel):
     items: list[FeedbackItemBody] = Field(min_length=1, max_length=1000)
 
 
-def create_api(agent: Agent, *, token: str | None, read_open: bool = True) -> FastAPI:
-    """The API app. ``token`` None: mutating endpoints answer 403 saying how to set one."""
+def create_api(
+    agent: Agent,
+    *,
+    token: str | None,
+    read_open: bool = True,
+    history: SignalHistory | None = None,
+    token_hint: str = "$WARDEN_TOKEN",  # noqa: S107 (where to find it, not a token)
+) -> FastAPI:
+    """The API app and the status page at ``/``. ``token`` None: mutating endpoints answer 403
+    saying how to set one. ``history`` feeds the page's charts (the runtime records it)."""
     app = FastAPI(title="Warden agent", version="0.1.0")
+    history = history if history is not None else SignalHistory()
 
     def _check(authorization: str | None) -> None:
         if token is None:
@@ -109,6 +121,26 @@ def create_api(agent: Agent, *, token: str | None, read_open: bool = True) -> Fa
     ) -> dict[str, Any]:
         items = agent.store.events(after_id=after, limit=limit)
         return {"events": [event_json(e) for e in items], "next": items[-1].id if items else after}
+
+    @app.get("/api/history", dependencies=read)
+    def signal_history() -> dict[str, Any]:
+        return history.to_json()
+
+    @app.get("/api/rollout", dependencies=read)
+    def rollout(release: str | None = None) -> dict[str, Any]:
+        doc = rollout_document(agent, release)
+        if doc is None:
+            raise HTTPException(404, f"release {release} is unknown; `warden releases` lists them")
+        return doc
+
+    def may_read(authorization: str | None) -> bool:
+        try:
+            require_read(authorization)
+        except HTTPException:
+            return False
+        return True
+
+    add_status_page(app, agent, history, read=read, may_read=may_read, token_hint=token_hint)
 
     @app.post("/api/deploy", dependencies=write, status_code=202)
     def deploy(body: DeployBody) -> dict[str, Any]:

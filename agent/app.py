@@ -30,6 +30,7 @@ from agent.decay_monitor import DecayMonitor, DecaySettings
 from agent.errors import BackendError, ConfigError, WardenError
 from agent.feedback import FeedbackStore
 from agent.file_sd import TargetFile
+from agent.history import SignalHistory
 from agent.loop import Agent, AgentSettings
 from agent.metrics import AgentMetrics
 from agent.observe import Observer
@@ -190,7 +191,14 @@ class Runtime:
         self.cfg = cfg
         self._wake = threading.Event()
         self._scheduler = BackgroundScheduler(timezone="UTC")
-        app = create_api(agent, token=token, read_open=cfg.api.read_open)
+        self.history = SignalHistory()  # the status page's charts: one point per 10 s, 1 h
+        app = create_api(
+            agent,
+            token=token,
+            read_open=cfg.api.read_open,
+            history=self.history,
+            token_hint=f"${cfg.api.token_env} or {cfg.state_dir / TOKEN_FILE}",
+        )
         self._server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -247,6 +255,7 @@ class Runtime:
                 log.exception("tick failed; the next tick will observe and reconcile again")
                 return
             self._retime(report.next_interval_s)
+            self.history.record(self.agent.mem.last_observation)
             if self._targets is not None:  # Prometheus file_sd: scrape what runs now
                 try:
                     self._targets.update(self.agent.backend.list_replicas())

@@ -20,15 +20,21 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent.cli_drift import drift_app
+from agent.cli_progress import follow_rollout
 from agent.config import WardenConfig, load_config
+from agent.durations import DurationError, parse_duration
 from agent.errors import ApiError, ConfigError, WardenError
 
 app = typer.Typer(
     help="Warden: monitor and heal a PyTorch model service.\n\n"
     "Quick start: `warden up` runs the model server with the default model and the agent "
-    "that watches it, on this machine, with no Docker needed.",
+    "that watches it, on this machine, with no Docker needed; its status page is "
+    "http://127.0.0.1:9400/.\n\n"
+    "Exit codes: 0 ok; 1 the operation failed or found problems; 2 bad usage; "
+    "3 the agent could not be reached. Shell completion: `warden --install-completion`.",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode=None,
@@ -64,6 +70,7 @@ ApiOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EVENTS_POLL_S = 0.5
 
 
 def _config(path: Path | None) -> WardenConfig:
@@ -107,7 +114,7 @@ def _run(cfg: WardenConfig, *, embedded: bool, trace: Path | None) -> None:
     err.print(
         f"warden: {cfg.backend.kind} backend, {cfg.backend.replicas} replica(s) of "
         f"release {desired.release if desired else '?'}; "
-        f"server {first}, agent API http://{cfg.api.bind}",
+        f"server {first}, agent API and status page http://{cfg.api.bind}/",
         markup=False,
     )
     err.print(
@@ -232,21 +239,35 @@ class _Client:
         self.base = (api or f"http://{cfg.api.bind}").rstrip("/")
         self.token = resolve_token(cfg, create=False)
         self.token_env = cfg.api.token_env
+        self.token_file = cfg.state_dir / "api-token"
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            resp = httpx.request(method, self.base + path, json=body, headers=headers, timeout=10.0)
+            resp = httpx.request(
+                method, self.base + path, json=body, params=params, headers=headers, timeout=10.0
+            )
         except httpx.HTTPError as exc:
             raise _fail(
                 f"cannot reach the Warden agent at {self.base} ({exc}). Start it with "
                 "`warden up`, or point --api / WARDEN_API at it.",
                 EXIT_UNREACHABLE,
             ) from exc
+        if resp.status_code in (401, 403) and not self.token:
+            raise _fail(
+                f"the agent needs its API token ({_detail(resp)}): set {self.token_env}, "
+                f"or run where {self.token_file} is readable"
+            )
         if resp.status_code in (401, 403):
             raise _fail(
-                f"the agent refused the request: {_detail(resp)}. Set "
-                f"{self.token_env} to the agent's token."
+                f"the agent refused the token ({_detail(resp)}): set {self.token_env} "
+                "to the token the agent was started with"
             )
         if resp.status_code >= 400:
             raise _fail(f"{_detail(resp)} (HTTP {resp.status_code})")
@@ -259,6 +280,9 @@ def _detail(resp: httpx.Response) -> str:
     except ValueError:
         return resp.text[:200]
     return detail if isinstance(detail, str) else json.dumps(detail)
+
+
+_STATUS_STYLE = {"good": "green", "bad": "bold red", "candidate": "yellow"}
 
 
 def _print_json(data: Any) -> None:
@@ -298,6 +322,18 @@ def status(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fals
         markup=False,
         highlight=False,
     )
+    signals = doc.get("service_signals", {})
+    service = [
+        f"{label} {signals[name] * scale:.{digits}f}{unit}"
+        for name, label, scale, digits, unit in (
+            ("latency_p95_ms", "p95", 1, 0, " ms"),
+            ("error_rate", "errors", 100, 1, "%"),
+            ("throughput_rps", "traffic", 1, 1, "/s"),
+        )
+        if name in signals
+    ]
+    if service:
+        out.print("service: " + ", ".join(service), markup=False, highlight=False)
     table = Table(box=None, pad_edge=False)
     for col in (
         "REPLICA",
@@ -314,8 +350,8 @@ def status(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fals
     for r in doc["replicas"]:
         table.add_row(
             r["id"],
-            r["state"],
-            "yes" if r["ready"] else "no",
+            Text(r["state"], style="green" if r["state"] == "running" else "bold red"),
+            Text("yes", style="green") if r["ready"] else Text("no", style="yellow"),
             r["release"],
             str(r["pid"] or r["container_id"] or "-"),
             _ago(r["started_at"]),
@@ -325,7 +361,7 @@ def status(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fals
         )
     out.print(table)
     for f in doc["firing"]:
-        out.print(f"firing: {f['reason']}", markup=False, highlight=False)
+        out.print(Text("firing: ", style="bold red") + Text(f["reason"]), highlight=False)
     for a in doc["in_flight"]:
         out.print(
             f"in flight: {a['kind']} {a['subject']} ({a['status']}): {a['reason']}",
@@ -344,15 +380,25 @@ def releases(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fa
     if as_json:
         _print_json(doc)
         return
+    from agent.web.rollout import how_far_text
+
     table = Table(box=None, pad_edge=False)
-    for col in ("RELEASE", "STATUS", "DEPLOYED", "PROMOTED", "MODEL/IMAGE", "REASON"):
+    for col in ("RELEASE", "STATUS", "HOW FAR", "DEPLOYED", "MODEL/IMAGE", "REASON"):
         table.add_column(col)
+    # A candidate that is not the newest release was replaced by a later deploy.
+    newest = doc["releases"][0]["tag"] if doc["releases"] else None
     for r in doc["releases"]:
         table.add_row(
             r["tag"],
-            r["status"],
+            Text(r["status"], style=_STATUS_STYLE.get(r["status"], "")),
+            how_far_text(
+                status=r["status"],
+                created_at=r["created_at"],
+                promoted_at=r["promoted_at"],
+                marked_bad_at=r["marked_bad_at"],
+                current=r["tag"] == newest,
+            ),
             _ago(r["created_at"]) + " ago",
-            _ago(r["promoted_at"]),
             r["image"] or r["model"] or "(default)",
             r["reason"],
         )
@@ -372,13 +418,29 @@ def deploy(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Deploy even a release marked bad.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            "-w",
+            help="Follow the release until it is good (exit 0) or bad (exit 1), "
+            "showing replicas starting, canaries and the bake's time left.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        str, typer.Option(help="With --wait: give up (exit 1) after this long, e.g. 30m.")
+    ] = "30m",
     config: ConfigOpt = None,
     api: ApiOpt = None,
 ) -> None:
     """Deploy TAG as a candidate; it becomes good after its bake, or is reverted.
 
-    Example: `warden deploy v2 --model ./models/intent-v2`.
+    Example: `warden deploy v2 --model ./models/intent-v2 --wait`.
     """
+    try:
+        timeout_s = parse_duration(timeout)
+    except DurationError as exc:
+        raise _fail(f"--timeout: {exc}", EXIT_USAGE) from exc
     body = {
         "tag": tag,
         "model": model,
@@ -387,13 +449,30 @@ def deploy(
         "args": arg or [],
         "force": force,
     }
-    doc = _Client(config, api).request("POST", "/api/deploy", body)
+    client = _Client(config, api)
+    doc = client.request("POST", "/api/deploy", body)
     out.print(
         f"deploying {doc['release']} as candidate (was {doc['previous']}); "
-        "`warden status` shows progress",
+        + (
+            "following it until it is good or bad (Ctrl-C stops following, not the deploy)"
+            if wait
+            else "`warden deploy --wait` or `warden status` shows progress"
+        ),
         markup=False,
         highlight=False,
     )
+    if not wait:
+        return
+    try:
+        code, line = follow_rollout(
+            lambda: client.request("GET", "/api/rollout", params={"release": tag}),
+            out,
+            timeout_s=timeout_s,
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    (out if code == 0 else err).print(line, markup=False, highlight=False)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -447,6 +526,18 @@ def freeze(
     out.print(f"frozen: {'yes' if doc['frozen'] else 'no'}", markup=False)
 
 
+_EVENT_STYLE = {
+    "restart": "yellow",
+    "scale": "yellow",
+    "rollback": "bold red",
+    "frozen": "bold red",
+    "verify-failed": "bold red",
+    "engine-unreachable": "bold red",
+    "verified": "green",
+    "promoted": "green",
+}
+
+
 @app.command()
 def events(
     follow: Annotated[
@@ -462,23 +553,27 @@ def events(
     """
     client = _Client(config, api)
     after = 0
-    while True:
-        doc = client.request("GET", f"/api/events?after={after}&limit=500")
-        for e in doc["events"]:
-            if as_json:
-                sys.stdout.write(json.dumps(e, sort_keys=True) + "\n")
-            else:
-                when = time.strftime("%H:%M:%S", time.localtime(e["at"]))
-                out.print(
-                    f"{when} {e['kind']:<14} {e['subject']:<14} {e['message']}",
-                    markup=False,
-                    highlight=False,
-                )
-        sys.stdout.flush()
-        after = doc["next"]
-        if not follow:
-            return
-        time.sleep(1.0)
+    try:
+        while True:
+            doc = client.request("GET", "/api/events", params={"after": after, "limit": 500})
+            for e in doc["events"]:
+                if as_json:
+                    sys.stdout.write(json.dumps(e, sort_keys=True) + "\n")
+                else:
+                    when = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+                    out.print(
+                        Text(f"{when} ")
+                        + Text(f"{e['kind']:<14}", style=_EVENT_STYLE.get(e["kind"], "bold"))
+                        + Text(f" {e['subject']:<14} {e['message']}"),
+                        highlight=False,
+                    )
+            sys.stdout.flush()
+            after = doc["next"]
+            if not follow:
+                return
+            time.sleep(EVENTS_POLL_S)
+    except KeyboardInterrupt:  # Ctrl-C is how one stops following: not an error
+        return
 
 
 # --- rules ------------------------------------------------------------------------------------

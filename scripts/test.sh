@@ -18,5 +18,6 @@ if [ -f scripts/engine.sh ] && [ "${WARDEN_SKIP_ENGINE:-}" != "1" ]; then
 fi
 echo "== Prometheus, promtool, Alertmanager"
 bash scripts/observability.sh
+echo "== headless chromium for the status-page test"; bash scripts/browser.sh
 echo "== pytest"
 exec $V/python -m pytest "$@"
