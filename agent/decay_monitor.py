@@ -19,7 +19,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ class DecayMonitor:
         self._baselines = _load(self._path)
         self._seen = _Seen()
         self._detected = False
+        self._key: tuple[object, ...] = ()
         self.last: DecayReport | None = None
 
     def baseline(self, release: str) -> CanaryBaseline | None:
@@ -134,16 +135,54 @@ class DecayMonitor:
         last_good: str | None,
         now: float,
     ) -> DecayReport:
-        """Decay signals for ``release`` as served now (service scope)."""
+        """Decay signals for ``release`` as served now (service scope).
+
+        The tests run again only when their inputs changed (a new canary run, new feedback, another
+        baseline): most ticks see the same runs, and an idle tick should cost next to nothing.
+        """
         current = self._collect(obs, release)
         runs = len(self._seen.runs.get(release, ()))
         if good and release not in self._baselines and runs >= self.settings.baseline_runs:
             # a release promoted before this agent kept baselines: take one once it has the runs
             self.capture(release, now)
         reference = last_good if candidate else release if good else None
+        baseline = self._baselines.get(reference) if reference else None
+        key = (
+            release,
+            reference,
+            candidate,
+            tuple(marker for marker, _ in current),
+            self.feedback.version,
+            baseline.captured_at if baseline is not None else None,
+        )
+        if key == self._key and self.last is not None:
+            return replace(self.last, changed=False)
+        self._key = key
+        signals, verdict = self._judge(release, reference, baseline, [r for _, r in current])
+        if verdict is not None and verdict.p_value is not None:
+            signals["candidate_decay_detected"] = float(verdict.detected and candidate)
+        changed = False
+        if "decay_detected" in signals:  # no test ran: the last verdict stands
+            detected = signals["decay_detected"] == 1.0
+            changed, self._detected = detected != self._detected, detected
+        if changed and verdict is not None:
+            level = logging.WARNING if self._detected else logging.INFO
+            log.log(level, "%s vs baseline of %s: %s", release, reference, verdict.reason)
+        self.last = DecayReport(
+            signals=signals, verdict=verdict, reference=reference, changed=changed
+        )
+        return self.last
+
+    def _judge(
+        self,
+        release: str,
+        reference: str | None,
+        baseline: CanaryBaseline | None,
+        current: list[Run],
+    ) -> tuple[dict[str, float], Verdict | None]:
+        """Run the tests that can run; the signals they give and the combined verdict."""
         signals: dict[str, float] = {}
         tests: list[DecayTest] = []
-        baseline = self._baselines.get(reference) if reference else None
         if baseline is not None and current:
             now_items = summarise_runs(current)
             tests.extend(
@@ -167,18 +206,7 @@ class DecayMonitor:
         if verdict is not None and verdict.p_value is not None:
             signals["decay_p_value"] = verdict.p_value
             signals["decay_detected"] = float(verdict.detected)
-            signals["candidate_decay_detected"] = float(verdict.detected and candidate)
-        changed = False
-        if "decay_detected" in signals:  # no test ran: the last verdict stands
-            detected = signals["decay_detected"] == 1.0
-            changed, self._detected = detected != self._detected, detected
-        if changed and verdict is not None:
-            level = logging.WARNING if self._detected else logging.INFO
-            log.log(level, "%s vs baseline of %s: %s", release, reference, verdict.reason)
-        self.last = DecayReport(
-            signals=signals, verdict=verdict, reference=reference, changed=changed
-        )
-        return self.last
+        return signals, verdict
 
     def describe(self, release: str) -> dict[str, Any]:
         """The last verdict, the windows and the minimum sample size, for ``GET /api/feedback``."""
@@ -201,19 +229,20 @@ class DecayMonitor:
             },
         }
 
-    def _collect(self, obs: Observation, release: str) -> list[Run]:
-        """Remember new canary runs of ``release``; return the latest run of each replica."""
+    def _collect(self, obs: Observation, release: str) -> list[tuple[tuple[str, float], Run]]:
+        """Remember new canary runs of ``release``; the latest run of each replica serving it,
+        each with its (slot, time) marker."""
         latest = []
         for view in obs.views:
-            result = view.canary
+            result, at = view.canary, view.canary_at
             if view.replica.release != release or result is None or not result.items:
                 continue
-            if result.unanswered or view.canary_at is None:
+            if result.unanswered or at is None:
                 continue
             run = _run_of(result)
-            latest.append(run)
-            if self._seen.last_run_at.get(view.replica.id) != view.canary_at:
-                self._seen.last_run_at[view.replica.id] = view.canary_at
+            latest.append(((view.replica.id, at), run))
+            if self._seen.last_run_at.get(view.replica.id) != at:
+                self._seen.last_run_at[view.replica.id] = at
                 history = self._seen.runs.setdefault(
                     release, deque(maxlen=self.settings.baseline_runs)
                 )

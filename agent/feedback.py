@@ -83,6 +83,7 @@ class FeedbackStore:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: cannot open the feedback database: {exc}") from exc
         self._lock = threading.Lock()
+        self.version = 0  # bumped by every add: readers cache what they computed from a version
 
     def close(self) -> None:
         with self._lock:
@@ -114,6 +115,7 @@ class FeedbackStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.version += 1
         return Added(accepted=accepted, duplicates=len(items) - accepted)
 
     def baseline(self, release: str) -> Window:

@@ -99,6 +99,15 @@ def test_a_candidate_is_compared_with_the_last_good_release(monitor: DecayMonito
     assert report.signals["canary_accuracy_drop"] == pytest.approx(0.75)
     assert report.signals["candidate_decay_detected"] == 1.0  # 6 flips: 0.5**6 x 2 < 0.05
     assert report.changed
+    again = monitor.update(
+        observation("v2", good, T0 + 1, wrong=6),
+        release="v2",
+        candidate=True,
+        good=False,
+        last_good="v1",
+        now=T0 + 2,
+    )
+    assert again.signals == report.signals and not again.changed  # the same run: said once
 
 
 def test_a_bad_release_has_nothing_to_compare_with(monitor: DecayMonitor) -> None:
