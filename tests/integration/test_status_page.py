@@ -175,6 +175,15 @@ def test_page_shows_a_killed_replica_down_and_its_restart_in_the_timeline(
         assert "recovered in" in entry
         assert "Nothing is firing." in text(browser, "#firing")
 
+        page_shows(  # the new replica's canaries pass: a chart point, and v1 bakes to good
+            browser,
+            agent,
+            lambda b: (
+                bool(b.find_elements(By.CSS_SELECTOR, '.chart[data-signal="canary_pass_rate"]'))
+                and text(b, "#last-good") == "v1"
+            ),
+            "the canary chart and v1 promoted good",
+        )
         png = save_screenshot(browser, tmp_path / "status-page.png")
         assert png.startswith(b"\x89PNG")
         if os.environ.get("WARDEN_DOCS_SCREENSHOT") == "1":
