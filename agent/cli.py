@@ -283,6 +283,15 @@ def _detail(resp: httpx.Response) -> str:
 
 
 _STATUS_STYLE = {"good": "green", "bad": "bold red", "candidate": "yellow"}
+PIPED_WIDTH = 10_000
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal the table fits the window; piped, one row stays one line (for grep)."""
+    if out.is_terminal:
+        out.print(table)
+    else:  # rich wraps at 80 columns when it cannot ask a terminal
+        Console(file=sys.stdout, width=PIPED_WIDTH).print(table)
 
 
 def _print_json(data: Any) -> None:
@@ -359,7 +368,7 @@ def status(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fals
             "-" if r["memory_bytes"] is None else f"{r['memory_bytes'] / 2**20:.0f}",
             r["reason"],
         )
-    out.print(table)
+    _print_table(table)
     for f in doc["firing"]:
         out.print(Text("firing: ", style="bold red") + Text(f["reason"]), highlight=False)
     for a in doc["in_flight"]:
@@ -402,7 +411,7 @@ def releases(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fa
             r["image"] or r["model"] or "(default)",
             r["reason"],
         )
-    out.print(table)
+    _print_table(table)
 
 
 @app.command()

@@ -67,7 +67,7 @@ def rollout_document(agent: Agent, tag: str | None = None) -> dict[str, Any] | N
         doc["stage"] = "canaries"
         return doc
     start = max(record.created_at, passing, agent.mem.quiet_since or 0.0)
-    baked = max(0.0, now - start)
+    baked = min(agent.settings.bake_s, max(0.0, now - start))  # promotion waits for a tick
     doc.update(
         stage="baking",
         baked_s=round(baked, 1),

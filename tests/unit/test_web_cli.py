@@ -104,7 +104,8 @@ def test_releases_table_says_how_far_each_release_got(
     agent: Agent,  # noqa: F811
     served: list[Hook],
 ) -> None:
-    agent.store.mark_good("v1", agent.clock.now() + 45, "baked")
+    long_reason = "baked 300 s with canaries passing and no rule firing; " * 3
+    agent.store.mark_good("v1", agent.clock.now() + 45, long_reason)
     agent.clock.sleep(100)
     agent.deploy(ReleaseSpec(tag="v2"))
 
@@ -112,6 +113,7 @@ def test_releases_table_says_how_far_each_release_got(
 
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
+    assert len(lines) == 3  # piped: a long reason does not wrap a row onto more lines
     assert lines[0].split()[:4] == ["RELEASE", "STATUS", "HOW", "FAR"]
     assert lines[1].split()[:4] == ["v2", "candidate", "rolling", "out"]
     assert lines[2].split()[:5] == ["v1", "good", "good", "after", "45"]
