@@ -204,7 +204,13 @@ class ProcessBackend:
             )
             self._slots[slot] = record
             self._save()
-        proc = self._spawn(record)  # raises BackendError: the slot then reports EXITED
+        try:
+            proc = self._spawn(record)
+        except BackendError:
+            with self._lock:  # tried and failed: EXITED (the rules' business), not MISSING
+                record.started_at = self._clock.now()
+                self._save()
+            raise
         with self._lock:
             record.proc, record.status, record.started_at = proc, _LIVE, self._clock.now()
             self._save()
@@ -319,6 +325,10 @@ class ProcessBackend:
         state, pid, exit_code = ReplicaState.EXITED, None, None
         if record.status == _STOPPED:
             state = ReplicaState.STOPPED
+        elif record.status == _LOST and record.started_at is None:
+            # A start recorded (new generation) by an agent that died before it spawned the
+            # process: the slot's process never ran, so the reconciler starts it.
+            state = ReplicaState.MISSING
         elif record.status == _LIVE and proc is not None:
             state, exit_code = _process_state(proc)
             pid = proc.pid if state in (ReplicaState.RUNNING, ReplicaState.PAUSED) else None

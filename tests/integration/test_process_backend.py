@@ -431,6 +431,30 @@ def test_replica_stopped_on_purpose_stays_stopped_for_the_next_agent(
     assert second.drain_events() == []
 
 
+def test_a_start_recorded_by_an_agent_that_died_before_spawning_is_missing_for_the_next(
+    make_backend: Callable[..., ProcessBackend],
+    release: ReleaseSpec,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The slot's new generation is written before the spawn; an agent killed in between
+    leaves a slot whose process never ran. The next agent must see it MISSING (the reconciler
+    starts it), not EXITED at the desired generation (which nothing would ever restart)."""
+    first = make_backend(stop_on_close=False)
+    first.start_replica("inference-1", release, 0)
+
+    def dies(*_: object) -> None:
+        raise KeyboardInterrupt("the agent is killed here")
+
+    monkeypatch.setattr(first, "_spawn", dies)
+    with pytest.raises(KeyboardInterrupt):
+        first.start_replica("inference-1", release, 1)  # a restart: generation 0 -> 1
+
+    second = make_backend()
+    (replica,) = second.list_replicas()
+    assert (replica.state, replica.generation, replica.pid) == (ReplicaState.MISSING, 1, None)
+    assert second.drain_events() == []
+
+
 def test_command_that_cannot_start_is_a_backend_error(
     make_backend: Callable[..., ProcessBackend], release: ReleaseSpec, tmp_path: Path
 ) -> None:
