@@ -27,6 +27,10 @@ from agent.canaries import load_canaries
 from agent.clock import Clock, SystemClock
 from agent.config import WardenConfig, is_loopback
 from agent.decay_monitor import DecayMonitor, DecaySettings
+from agent.drift import engine as drift_engine
+from agent.drift.detector import DriftSettings as DetectorSettings
+from agent.drift.monitor import DriftMonitor, MonitorSettings
+from agent.drift.reference import ReferenceStore, reference_from_file
 from agent.errors import BackendError, ConfigError, WardenError
 from agent.feedback import FeedbackStore
 from agent.file_sd import TargetFile
@@ -130,6 +134,7 @@ def build_agent(
         receivers=alerting.receivers_from_config(cfg.alerts, generator_url=status_url(cfg)),
         trace=TraceRecorder(trace_path) if trace_path else None,
         decay=decay_monitor(cfg),
+        drift=drift_monitor(cfg, client),
     )
 
 
@@ -148,6 +153,35 @@ def decay_monitor(cfg: WardenConfig) -> DecayMonitor | None:
     )
     feedback = FeedbackStore(cfg.state_dir, window=d.feedback_window)
     return DecayMonitor(settings=settings, state_dir=cfg.state_dir, feedback=feedback)
+
+
+def drift_monitor(cfg: WardenConfig, client: httpx.Client) -> DriftMonitor | None:
+    """Drift detection as ``drift:`` configures it (None when disabled); alibi only if asked."""
+    d = cfg.drift
+    if not d.enabled:
+        return None
+    try:
+        engine = drift_engine(d.engine)
+        reference = reference_from_file(d.reference_file) if d.reference_file else None
+    except WardenError as exc:
+        raise ConfigError([f"drift: {exc}"]) from exc
+    detector = DetectorSettings(
+        alpha=d.alpha, correction=d.correction, min_statistic=d.min_statistic, test=d.test
+    )
+    settings = MonitorSettings(
+        window=d.window,
+        min_window=d.min_window,
+        max_age_s=d.max_age_s,
+        consecutive=d.consecutive,
+        reference_size=d.reference_size,
+        min_reference=d.min_reference,
+        deploy_windows=d.deploy_windows,
+        detector=detector,
+    )
+    store = ReferenceStore(cfg.state_dir / "drift")
+    return DriftMonitor(
+        client=client, store=store, settings=settings, engine=engine, reference_file=reference
+    )
 
 
 def status_url(cfg: WardenConfig) -> str:
@@ -235,7 +269,24 @@ class Runtime:
             max_instances=1,
             coalesce=True,
         )
+        if isinstance(self.agent.drift, DriftMonitor):  # off the tick: a hung replica's
+            self._scheduler.add_job(  # observations must not delay the probes that detect it
+                self._poll_drift,
+                "interval",
+                seconds=self.cfg.drift.interval_s,
+                id="drift",
+                max_instances=1,
+                coalesce=True,
+            )
         self._scheduler.start()
+
+    def _poll_drift(self) -> None:
+        if not isinstance(self.agent.drift, DriftMonitor):
+            return
+        try:
+            self.agent.drift.poll(self.agent.clock.now())
+        except Exception:
+            log.exception("drift poll failed; the next poll reads the observations again")
 
     def wake(self) -> None:
         """Run a tick now (an engine event arrived)."""

@@ -286,6 +286,47 @@ class PrometheusSettings(_Section):
     file_sd: Annotated[Path | None, AfterValidator(_resolve_optional)] = None
 
 
+class DriftSettings(_Section):
+    """Drift of live inputs against the reference window (docs/drift.md explains each default)."""
+
+    enabled: bool = True
+    engine: Annotated[
+        Literal["scipy", "alibi"], BeforeValidator(choice("drift engine", ("scipy", "alibi")))
+    ] = "scipy"
+    test: Annotated[Literal["ks", "cvm"], BeforeValidator(choice("drift test", ("ks", "cvm")))] = (
+        "ks"
+    )
+    correction: Annotated[
+        Literal["bonferroni", "fdr"], BeforeValidator(choice("correction", ("bonferroni", "fdr")))
+    ] = "bonferroni"
+    alpha: float = Field(0.01, gt=0, le=0.5)  # false alarms per window, after correction
+    min_statistic: float = Field(0.1, ge=0, le=1)  # KS distance a drifted feature must reach
+    window: int = Field(500, ge=10)  # observations per tested window
+    min_window: int = Field(200, ge=10)  # a window closed by max_age with fewer is skipped
+    max_age_s: Duration | None = Field(None, alias="max_age")  # null: windows close by count
+    consecutive: int = Field(2, ge=1, le=100)  # drifting windows in a row before drift_detected
+    reference_size: int = Field(1000, ge=10)
+    min_reference: int = Field(1000, ge=10)
+    deploy_windows: int = Field(4, ge=1)  # a drift starting this soon after a deploy is its own
+    interval_s: PositiveDuration = Field(5.0, alias="interval")  # how often observations are read
+    reference_file: Annotated[Path | None, AfterValidator(_resolve_optional)] = None
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> DriftSettings:
+        if self.min_window > self.window:
+            raise ValueError(f"min_window ({self.min_window}) is more than window ({self.window})")
+        if self.min_reference > self.reference_size:
+            raise ValueError(
+                f"min_reference ({self.min_reference}) is more than reference_size "
+                f"({self.reference_size}): a reference could never be captured"
+            )
+        if self.engine == "alibi" and self.test != "ks":
+            raise ValueError("the alibi engine runs the KS test only; use test: ks")
+        if self.reference_file is not None and not self.reference_file.is_file():
+            raise ValueError(f"reference_file: no such file: {self.reference_file}")
+        return self
+
+
 def default_rules_path(base_dir: Path) -> Path:
     """``rules/`` next to the config file, else the copy packaged with the agent."""
     local = base_dir / "rules"
@@ -319,6 +360,7 @@ class WardenConfig(_Section):
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     decay: DecaySettings = Field(default_factory=DecaySettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     maintenance: bool = False
 
     @model_validator(mode="before")
@@ -373,6 +415,7 @@ __all__ = [
     "ApiSettings",
     "BackendSettings",
     "DecaySettings",
+    "DriftSettings",
     "PolicySettings",
     "ProbeSettings",
     "PrometheusSettings",

@@ -58,6 +58,10 @@ rules:
     severity: info
     actions: [alert]
 """
+# Small drift windows so the 200 requests give a reference and a few tested windows: the drift
+# panels and signals must have data (docs/drift.md has the real defaults and why).
+DRIFT_SMALL_WINDOWS = {"window": 40, "min_window": 20, "reference_size": 80, "min_reference": 80,
+                       "interval": "1s"}  # fmt: skip
 TEXTS = (
     "I was charged twice this month",
     "The app crashes when I open it",
@@ -198,6 +202,7 @@ def _write_agent_config(
         "api": {"bind": f"127.0.0.1:{api_port}"},
         "prometheus": {"file_sd": str(targets_file)},
         "policy": {"bake": "2s", "verify_timeout": "90s"},
+        "drift": DRIFT_SMALL_WINDOWS,
         "alerts": [
             {"kind": "alertmanager", "url": am_url},  # alertmanager-1
             {"kind": "webhook", "url": f"{hook.url}/hook", "secret_env": "OBS_WEBHOOK_SECRET"},
@@ -391,6 +396,8 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
         scraped = 'sum(inference_requests_total{endpoint="/predict",status="200"})'
         wait_until(has(f"{scraped} >= {LOAD_REQUESTS}"), timeout=30,
                    what="Prometheus to scrape the load", logs=logs)  # fmt: skip
+        wait_until(has('warden_signal{signal="drift_p_value"}'), timeout=60,
+                   what="the drift monitor to test a window of the load", logs=logs)  # fmt: skip
 
         mark("load sent and scraped")
         # The fault: kill -9 the replica; the agent sees the exit and restarts it.
