@@ -1,19 +1,22 @@
 """The agent's HTTP API: ``/metrics``, ``/api/status``, ``/api/releases``, ``/api/events`` and the
 mutating endpoints (deploy, rollback, maintenance, freeze) that need a bearer token.
 
-Routes only translate HTTP to ``Agent`` calls. Tokens are compared in constant time.
+Routes only translate HTTP to ``Agent`` calls. Tokens are compared in constant time; each token
+has a name, and the audit records of an operator's request say ``by`` which token asked.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.audit import acting_as
 from agent.backends.base import ReleaseSpec
 from agent.decay_monitor import DecayMonitor
 from agent.errors import WardenError
@@ -60,32 +63,50 @@ class FeedbackBody(BaseModel):
     items: list[FeedbackItemBody] = Field(min_length=1, max_length=1000)
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger cursor is a 422, not a 500
+DEFAULT_TOKEN_NAME = "default"  # noqa: S105 (the name of api.token_env's token, not a token)
+
+
+class BearerTokens:
+    """Named bearer tokens; calling it with an ``Authorization`` header gives the token's name."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        self._secrets = [(name, secret.encode()) for name, secret in tokens.items() if secret]
+
+    def __call__(self, authorization: str | None) -> str:
+        if not self._secrets:
+            raise HTTPException(403, "no API token is configured; set WARDEN_TOKEN and restart")
+        scheme, _, presented = (authorization or "").partition(" ")
+        given = presented.encode() if scheme.lower() == "bearer" else b""
+        # every token is compared, each in constant time: the answer's timing tells nothing
+        matched = [name for name, secret in self._secrets if hmac.compare_digest(given, secret)]
+        if not matched:
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return matched[0]
+
+
 def create_api(
     agent: Agent,
     *,
     token: str | None,
+    tokens: Mapping[str, str] | None = None,
     read_open: bool = True,
     history: SignalHistory | None = None,
     token_hint: str = "$WARDEN_TOKEN",  # noqa: S107 (where to find it, not a token)
 ) -> FastAPI:
-    """The API app and the status page at ``/``. ``token`` None: mutating endpoints answer 403
-    saying how to set one. ``history`` feeds the page's charts (the runtime records it)."""
+    """The API app and the status page at ``/``. ``token`` is the ``default`` token, ``tokens``
+    more by name; none at all: mutating endpoints answer 403 saying how to set one.
+    ``history`` feeds the page's charts (the runtime records it)."""
     app = FastAPI(title="Warden agent", version="0.1.0")
     history = history if history is not None else SignalHistory()
+    _check = BearerTokens({**({DEFAULT_TOKEN_NAME: token} if token else {}), **(tokens or {})})
 
-    def _check(authorization: str | None) -> None:
-        if token is None:
-            raise HTTPException(403, "no API token is configured; set WARDEN_TOKEN and restart")
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer":
-            presented = ""
-        if not hmac.compare_digest(presented.encode(), token.encode()):
-            raise HTTPException(
-                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        _check(authorization)
+    def require_token(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> None:
+        request.state.operator = _check(authorization)  # the token's name, for the audit log
 
     def require_read(authorization: Annotated[str | None, Header()] = None) -> None:
         if not read_open:
@@ -98,7 +119,7 @@ def create_api(
     async def _warden_error(request: Request, exc: WardenError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    @app.get("/metrics", dependencies=read)
+    @app.get("/metrics", dependencies=read, response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -116,7 +137,7 @@ def create_api(
 
     @app.get("/api/events", dependencies=read)
     def events(
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         items = agent.store.events(after_id=after, limit=limit)
@@ -143,25 +164,29 @@ def create_api(
     add_status_page(app, agent, history, read=read, may_read=may_read, token_hint=token_hint)
 
     @app.post("/api/deploy", dependencies=write, status_code=202)
-    def deploy(body: DeployBody) -> dict[str, Any]:
+    def deploy(body: DeployBody, request: Request) -> dict[str, Any]:
         spec = ReleaseSpec(
             tag=body.tag, model=body.model, task=body.task, image=body.image, args=tuple(body.args)
         )
-        return agent.deploy(spec, force=body.force)
+        with acting_as(request.state.operator):
+            return agent.deploy(spec, force=body.force)
 
     @app.post("/api/rollback", dependencies=write, status_code=202)
-    def rollback(body: RollbackBody) -> dict[str, Any]:
-        return agent.rollback(body.to)
+    def rollback(body: RollbackBody, request: Request) -> dict[str, Any]:
+        with acting_as(request.state.operator):
+            return agent.rollback(body.to)
 
     _feedback_routes(app, agent, read=read, write=write)
 
     @app.post("/api/maintenance", dependencies=write)
-    def maintenance(body: FlagBody) -> dict[str, Any]:
-        return agent.set_flags(maintenance=body.on)
+    def maintenance(body: FlagBody, request: Request) -> dict[str, Any]:
+        with acting_as(request.state.operator):
+            return agent.set_flags(maintenance=body.on)
 
     @app.post("/api/freeze", dependencies=write)
-    def freeze(body: FlagBody) -> dict[str, Any]:
-        return agent.set_flags(frozen=body.on)
+    def freeze(body: FlagBody, request: Request) -> dict[str, Any]:
+        with acting_as(request.state.operator):
+            return agent.set_flags(frozen=body.on)
 
     return app
 

@@ -40,6 +40,7 @@ from agent.metrics import AgentMetrics
 from agent.observe import Observer
 from agent.policy import PolicyConfig
 from agent.rules import RuleWatcher
+from agent.slow_clients import guarded_http
 from agent.state import StateStore
 from agent.trace import TraceRecorder
 
@@ -212,11 +213,33 @@ def resolve_token(cfg: WardenConfig, *, create: bool) -> str | None:
     return token
 
 
+def named_tokens(cfg: WardenConfig) -> dict[str, str]:
+    """The secrets of ``api.tokens`` by name, from their variables or files. A token that is
+    configured but has no secret stops the agent: running with less auth than asked is worse."""
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    for i, t in enumerate(cfg.api.tokens):
+        where = f"${t.env}" if t.env else str(t.file)
+        try:
+            secret = os.environ.get(t.env, "") if t.env else Path(str(t.file)).read_text()
+        except OSError as exc:
+            secret = ""
+            where = f"{t.file} ({exc.strerror})"
+        if secret.strip():
+            found[t.name] = secret.strip()
+        else:
+            problems.append(f"api.tokens[{i}] ({t.name}): no secret in {where}")
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
 class Runtime:
     """Runs an ``Agent``: ticks, alert delivery and the API, until ``stop``."""
 
     def __init__(self, agent: Agent, cfg: WardenConfig, *, token: str | None) -> None:
-        if not is_loopback(cfg.api.host) and token is None:
+        tokens = named_tokens(cfg)
+        if not is_loopback(cfg.api.host) and token is None and not tokens:
             raise WardenError(
                 f"refusing to serve the API on {cfg.api.bind} (not loopback) without a token; "
                 f"set {cfg.api.token_env}"
@@ -229,6 +252,7 @@ class Runtime:
         app = create_api(
             agent,
             token=token,
+            tokens=tokens,
             read_open=cfg.api.read_open,
             history=self.history,
             token_hint=f"${cfg.api.token_env} or {cfg.state_dir / TOKEN_FILE}",
@@ -241,6 +265,7 @@ class Runtime:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                http=guarded_http(cfg.api.request_timeout_s),
             )
         )
         self._api_thread = threading.Thread(target=self._server.run, name="warden-api", daemon=True)

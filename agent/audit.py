@@ -3,7 +3,8 @@
 Every write is flushed and fsync'd before ``write`` returns. A crash can only tear the last line;
 opening the log truncates it back to the last complete line, and reading skips a torn line.
 Each record has a unique ``id``; writing an id that is already in the log does nothing, so a tick
-replayed after a crash does not log twice.
+replayed after a crash does not log twice. Records written while an operator's request runs
+(``acting_as``) carry ``by``: the name of the API token that asked, never the token itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,19 @@ log = logging.getLogger(__name__)
 
 AUDIT_NAME = "audit.jsonl"
 REQUIRED = ("ts", "kind")
+
+_actor: ContextVar[str | None] = ContextVar("warden_audit_actor", default=None)
+
+
+@contextmanager
+def acting_as(name: str) -> Iterator[None]:
+    """Attribute every record written inside the block to ``name`` (``by``). The API wraps each
+    operator request in it, so the agent's methods need not pass the caller around."""
+    reset = _actor.set(name)
+    try:
+        yield
+    finally:
+        _actor.reset(reset)
 
 
 class AuditLog:
@@ -55,7 +71,8 @@ class AuditLog:
             raise ValueError(f"audit record lacks {', '.join(missing)}: {dict(record)!r}")
         if not _is_number(record["ts"]):
             raise ValueError(f"audit record ts must be seconds, got {record['ts']!r}")
-        full = {"id": uuid.uuid4().hex, **record}
+        actor = _actor.get()
+        full = {"id": uuid.uuid4().hex, **({"by": actor} if actor else {}), **record}
         record_id = str(full["id"])
         line = json.dumps(full, sort_keys=True, ensure_ascii=False, default=str) + "\n"
         with self._lock:

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -48,6 +49,7 @@ ALERT_KINDS = ("alertmanager", "webhook", "slack")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SERVICE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
@@ -170,12 +172,47 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class TokenSettings(_Section):
+    """One named API token (``api.tokens``); the audit log records its name as ``by``.
+
+    The secret itself is never in ``warden.yaml``: it comes from an environment variable or a
+    file (a Docker/Kubernetes secret mount), so the config can be shared and committed.
+    """
+
+    name: Annotated[str, _matches(_TOKEN_NAME, 'letters, digits, "_", "." and "-"')]
+    env: Annotated[str, AfterValidator(_env_name)] = ""
+    file: Path | None = None  # relative to the config file
+
+    @field_validator("file")
+    @classmethod
+    def _relative_to_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve_optional(value, info)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenSettings:
+        if bool(self.env) == (self.file is not None):
+            raise ValueError("give the secret's source as exactly one of env: or file:")
+        return self
+
+
+def _unique_names(tokens: tuple[TokenSettings, ...]) -> tuple[TokenSettings, ...]:
+    names = [t.name for t in tokens]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"token names must be unique; {', '.join(twice)} is used twice")
+    return tokens
+
+
 class ApiSettings(_Section):
     """The agent's own HTTP API."""
 
     bind: Annotated[str, AfterValidator(_bind)] = "127.0.0.1:9400"
     token_env: Annotated[str, AfterValidator(_env_name)] = "WARDEN_TOKEN"  # noqa: S105 (a name)
+    # more tokens, each with a name the audit log records (the token_env one is "default")
+    tokens: Annotated[tuple[TokenSettings, ...], AfterValidator(_unique_names)] = ()
     read_open: bool = True  # read-only endpoints without a token; default: only on loopback
+    # a client must send each whole request within this (slowloris; agent/slow_clients.py)
+    request_timeout_s: PositiveDuration = Field(10.0, alias="request_timeout")
 
     @model_validator(mode="before")
     @classmethod
@@ -420,6 +457,7 @@ __all__ = [
     "ProbeSettings",
     "PrometheusSettings",
     "ReleaseSettings",
+    "TokenSettings",
     "WardenConfig",
     "is_loopback",
     "load_config",

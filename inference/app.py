@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from inference import __version__
@@ -185,7 +185,7 @@ def create_app(settings: Settings) -> FastAPI:
             ],
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text, not JSON
     async def metrics_text() -> Response:
         return Response(metrics.exposition(), media_type=EXPOSITION_CONTENT_TYPE)
 

@@ -16,6 +16,7 @@ import uvicorn
 
 from inference.app import create_app
 from inference.settings import Settings, parse_settings
+from inference.slow_clients import guarded_http
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -70,4 +71,5 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         access_log=settings.access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         lifespan="on",
+        http=guarded_http(settings.request_timeout_s),  # slowloris: inference/slow_clients.py
     )

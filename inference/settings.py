@@ -52,6 +52,7 @@ class Settings:
     max_chars: int = 2000
     max_items: int = 64
     max_body_bytes: int = 1024 * 1024
+    request_timeout_s: float = 10.0  # a whole request must arrive within this (slowloris)
     observations: int = 4096
     log_level: str = "info"
     access_log: bool = False
@@ -260,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request body accepted (larger -> 413)",
     )
     add(
+        "--request-timeout",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a client must send each whole request (head and body) within this; slower: cut off",
+    )
+    add(
         "--observations",
         type=_bounded_int(1),
         default=4096,
@@ -306,6 +314,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         max_chars=cast(int, args.max_chars),
         max_items=cast(int, args.max_items),
         max_body_bytes=cast(int, args.max_body_bytes),
+        request_timeout_s=cast(float, args.request_timeout),
         observations=cast(int, args.observations),
         log_level=cast(str, args.log_level),
         access_log=cast(bool, args.access_log),

@@ -9,6 +9,7 @@ V=.venv/bin
 echo "== ruff check";        $V/ruff check agent inference tests
 echo "== ruff format";       $V/ruff format --check agent inference tests
 echo "== mypy --strict";     $V/mypy
+echo "== pip-audit";           bash scripts/audit.sh   # exceptions: audit-exceptions.txt
 echo "== drift engines agree (alibi-detect in .venv-alibi)"; bash scripts/alibi-check.sh
 if [ -f scripts/engine.sh ] && [ "${WARDEN_SKIP_ENGINE:-}" != "1" ]; then
   echo "== engine setup (Docker, images, Prometheus)"

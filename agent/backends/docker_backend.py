@@ -258,6 +258,12 @@ class DockerBackend:
             nano_cpus=int(cfg.cpus * 1e9) if cfg.cpus else None,
             restart_policy={"Name": "no"},  # Warden is the supervisor
             network_mode=cfg.network or None,
+            # The server writes nothing but temporary files: a read-only root filesystem, no
+            # capabilities, no privilege gain (setuid); it runs as the image's user (10001).
+            read_only=True,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},  # noqa: S108 (the container's own)
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
         )
         networking = None
         if cfg.network:

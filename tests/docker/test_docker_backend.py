@@ -123,6 +123,12 @@ def test_started_replica_is_labelled_published_on_loopback_and_not_restarted_by_
     assert host["Memory"] == host["MemorySwap"] == 600 * 2**20
     assert host["NanoCpus"] == 1_500_000_000
     assert host["PortBindings"]["8000/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert (host["ReadonlyRootfs"], host["CapDrop"], host["SecurityOpt"]) == (
+        True,
+        ["ALL"],
+        ["no-new-privileges"],
+    )
+    assert info["Config"]["User"] == "10001:10001"  # the image's user: never root
     assert "WARDEN_RELEASE=good" in info["Config"]["Env"]
     endpoint = info["NetworkSettings"]["Networks"][test_network]
     assert "inference" in endpoint["Aliases"]
@@ -252,11 +258,28 @@ def test_containers_without_our_labels_are_never_touched(
             "warden.service": "inference",
         },
     )
+    # And one with no labels at all: the same image is not enough to be ours.
+    unlabelled = docker_client.containers.run(
+        images["good"],
+        ["python", "-c", "import time; time.sleep(600)"],
+        detach=True,
+        name=f"{backend_project}-unlabelled",
+        labels={TEST_LABEL: SESSION_ID},
+    )
+    for other in (stranger, unlabelled):
+        other.reload()
+    started = {c.id: c.attrs["State"]["StartedAt"] for c in (stranger, unlabelled)}
     backend, _ = make_backend()
     backend.start_replica(SLOT, GOOD, 0)
     assert [r.id for r in backend.list_replicas()] == [SLOT]
     backend.start_replica(SLOT, GOOD, 1)
     backend.stop_replica(SLOT)
+    for other in (stranger, unlabelled):  # still there, still running, never restarted
+        other.reload()
+        state = other.attrs["State"]
+        assert (other.status, state["StartedAt"]) == ("running", started[other.id])
+        assert other.attrs["RestartCount"] == 0
+    unlabelled.remove(force=True)
     stranger.kill()  # its events are not ours either
     assert backend.list_replicas() == []
     stranger.reload()
