@@ -13,6 +13,7 @@
   let pending = null;
   let failingSince = null;
   let busy = false;
+  let lastHtml = null;
 
   const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
   const authHeaders = () => (token() ? { Authorization: "Bearer " + token() } : {});
@@ -52,8 +53,12 @@
         return;
       }
       if (!resp.ok) throw new Error("HTTP " + resp.status);
-      panels.innerHTML = await resp.text();
-      localTimes(panels);
+      const html = await resp.text();
+      if (html !== lastHtml) {  // unchanged panels are left alone: a selection survives
+        lastHtml = html;
+        panels.innerHTML = html;
+        localTimes(panels);
+      }
       failingSince = null;
       setConn("live · " + new Date().toLocaleTimeString(), "ok");
     } catch (err) {
