@@ -7,7 +7,8 @@ the monitor what serves now (``tick``) and reads the latest signals; promotion a
 
 - **Observations.** ``GET /v1/observations?after=CURSOR`` on every ready replica of the current
   release, one cursor per replica process (a restarted replica starts a new ring). A feature row is
-  the 32 projected features plus the top-1 confidence when the task has one.
+  the 32 projected features plus the top-1 confidence when the task has one. Requests that repeat
+  an earlier multi-item request exactly (the agent's own canary runs) are left out.
 - **Reference.** At promotion the newest ``reference_size`` rows of the release (its bake traffic)
   become its reference, saved in ``state_dir/drift``; with fewer than ``min_reference`` rows the
   capture waits for more traffic. ``reference_file`` replaces captured references for every
@@ -36,6 +37,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from agent.domain import Replica
 from agent.drift import Engine
@@ -113,6 +115,8 @@ class DriftMonitor:
         self._cursors: dict[str, tuple[tuple[int | None, float | None], int]] = {}
         self._references: dict[str, Reference | None] = {}
         self._verdicts = self._load_verdicts()
+        self._batches: deque[npt.NDArray[np.float64]] = deque(maxlen=32)  # recent requests
+        self.repeated = 0  # observations dropped as repeated requests (canary runs)
         self.status = "waiting for the first poll"
         self.last_result: DriftResult | None = None
 
@@ -172,7 +176,7 @@ class DriftMonitor:
         for replica in context.ready:
             if replica.release not in ("", watch.release):
                 continue  # a replica still on the old release during a rolling change
-            for at, row in self._fetch(replica):
+            for at, row in self._without_repeated_batches(self._fetch(replica)):
                 if watch.width is None:
                     watch.width = len(row)
                 if len(row) != watch.width:
@@ -181,6 +185,39 @@ class DriftMonitor:
                 if not watch.window:
                     watch.window_first_at = at
                 watch.window.append(row)
+
+    def _without_repeated_batches(
+        self, rows: list[tuple[float, list[float]]]
+    ) -> list[tuple[float, list[float]]]:
+        """Drop requests that repeat an earlier multi-item request item for item: canary runs.
+
+        The agent's canaries are one ``/predict`` of the whole golden set every few seconds (every
+        2 s while a release bakes); they are recorded like live traffic, with one timestamp per
+        request. Left in, they would be most of a quiet service's observations - its reference
+        would be 8 points repeated, and every live window would "drift" from it. Live traffic
+        almost never repeats a whole multi-item request; the first run of a golden set is kept.
+        """
+        kept: list[tuple[float, list[float]]] = []
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and rows[end][0] == rows[start][0]:
+                end += 1
+            group = rows[start:end]
+            start = end
+            if len(group) < 2:
+                kept += group
+                continue
+            matrix = np.array([row for _, row in group])
+            if any(
+                seen.shape == matrix.shape and np.allclose(seen, matrix, rtol=0.0, atol=1e-4)
+                for seen in self._batches
+            ):
+                self.repeated += len(group)
+                continue
+            self._batches.append(matrix)
+            kept += group
+        return kept
 
     def _fetch(self, replica: Replica) -> list[tuple[float, list[float]]]:
         instance = (replica.pid, replica.started_at)

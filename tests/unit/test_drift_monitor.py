@@ -259,3 +259,22 @@ def test_an_unreachable_replica_leaves_the_signals_alone(tmp_path: Path) -> None
     signals = step(m, [replica("host1", "v1")], "v1", None, T0)
     assert signals == {"drift_detected": 0.0, "drift_since_deploy": 0.0}
     assert m.status.startswith("observations of inference-1 unavailable")
+
+
+def test_repeated_identical_requests_like_canary_runs_are_left_out(tmp_path: Path) -> None:
+    servers = FakeServers()
+    m, store = monitor(servers, tmp_path)
+    r1 = replica("host1", "v1")
+    golden = np.random.default_rng(5).standard_normal((8, DIM)).round(6)
+    ring = servers.rings.setdefault("host1", [])
+    for run in range(50):  # 50 canary runs: the same 8 items, one timestamp per run
+        for row in golden + 1e-7 * (run % 2):  # batch composition may change the last digits
+            ring.append({"seq": len(ring) + 1, "at": T0 + run, "features": row.tolist(),
+                         "confidence": 0.99, "label": "billing"})  # fmt: skip
+    servers.add("host1", 200, at=T0 + 60)
+    m.promoted("v1", T0)
+    step(m, [r1], "v1", None, T0 + 60)
+    assert m.repeated == 49 * 8
+    reference = store.load("v1")
+    assert reference is not None and reference.n == 200
+    assert int((np.abs(reference.features[:, :DIM] - golden[0]).max(axis=1) < 1e-3).sum()) <= 1
