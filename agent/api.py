@@ -8,16 +8,20 @@ has a name, and the audit records of an operator's request say ``by`` which toke
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.audit import acting_as
 from agent.backends.base import ReleaseSpec
+from agent.body_limit import BodyLimitMiddleware
 from agent.decay_monitor import DecayMonitor
 from agent.errors import WardenError
 from agent.feedback import FeedbackItem
@@ -100,6 +104,7 @@ def create_api(
     more by name; none at all: mutating endpoints answer 403 saying how to set one.
     ``history`` feeds the page's charts (the runtime records it)."""
     app = FastAPI(title="Warden agent", version="0.1.0")
+    app.add_middleware(BodyLimitMiddleware)  # 413 before an unauthenticated body is buffered
     history = history if history is not None else SignalHistory()
     _check = BearerTokens({**({DEFAULT_TOKEN_NAME: token} if token else {}), **(tokens or {})})
 
@@ -118,6 +123,12 @@ def create_api(
     @app.exception_handler(WardenError)
     async def _warden_error(request: Request, exc: WardenError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input as UTF-8; a lone surrogate in it made that a 500
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, default=str)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.get("/metrics", dependencies=read, response_class=PlainTextResponse)
     def metrics() -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from agent.api import create_api
 from agent.app import Runtime, named_tokens
 from agent.audit import AuditLog, acting_as
 from agent.backends.base import ReleaseSpec
+from agent.body_limit import MAX_BODY_BYTES
 from agent.canaries import Canary
 from agent.clock import FakeClock
 from agent.collectors import GpuCollector
@@ -298,6 +300,63 @@ def test_with_no_token_at_all_every_mutation_is_forbidden(agent: Agent) -> None:
 
     assert response.status_code == 403
     assert "no API token is configured" in response.json()["detail"]
+
+
+# --- hostile bodies: bounded, clear, never a 500 ----------------------------------------------
+
+
+def test_a_body_over_the_limit_is_refused_before_the_token_is_even_checked(agent: Agent) -> None:
+    body = b'{"tag": "' + b"v" * MAX_BODY_BYTES + b'"}'
+
+    response = api(agent).post("/api/deploy", content=body)
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": f"body: Content-Length is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes"
+    }
+
+
+def test_a_streamed_body_over_the_limit_is_cut_off_at_the_limit(agent: Agent) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked
+        yield b'{"tag": "'
+        for _ in range(3):
+            yield b"v" * (MAX_BODY_BYTES // 2)
+        yield b'"}'
+
+    response = api(agent).post("/api/deploy", content=chunks(), headers=bearer(OPS))
+
+    assert response.status_code == 413
+    assert response.json()["detail"] == (
+        f"body: more than {MAX_BODY_BYTES} bytes received; the limit is {MAX_BODY_BYTES} bytes"
+    )
+
+
+def test_the_largest_valid_feedback_fits_under_the_limit(agent: Agent) -> None:
+    item = {"predicted": "p" * 256, "label": "l" * 256, "release": "r" * 128, "id": "i" * 256}
+    body = json.dumps({"items": [{**item, "id": f"{i:0256d}"} for i in range(1000)]}).encode()
+
+    assert len(body) < MAX_BODY_BYTES
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"tag": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"tag": "caf\xe9"}'.decode("unicode_escape").encode("latin-1"),
+        b'{"tag": "half \\ud800 pair"}',
+        b"\x00\xff",
+    ],
+    ids=["deep list", "deep value", "invalid UTF-8", "lone surrogate", "binary"],
+)
+def test_a_hostile_body_gets_a_4xx_and_changes_nothing(agent: Agent, body: bytes) -> None:
+    headers = {**bearer(OPS), "Content-Type": "application/json"}
+    before = agent.store.releases()
+
+    response = api(agent).post("/api/deploy", content=body, headers=headers)
+
+    assert response.status_code in (400, 422), response.text
+    assert agent.store.releases() == before
 
 
 # --- the server-protection code exists twice (agent and inference never import each other) ---
