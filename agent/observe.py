@@ -57,6 +57,7 @@ class _Memory:
     instance: tuple[int | None, float | None] = (None, None)  # (pid, started_at)
     first_seen: float = 0.0  # when this instance was first observed
     healthy_once: bool = False  # answered /health since it started
+    ready_once: bool = False  # answered /ready with 200 since it started
     health_failures: int = 0
     samples: deque[tuple[float, MetricsSample]] = field(default_factory=deque)
     canary: CanaryResult | None = None
@@ -220,6 +221,7 @@ class Observer:
             mem.instance = instance
             mem.first_seen = now
             mem.healthy_once = False
+            mem.ready_once = False
             mem.health_failures = 0
             mem.samples.clear()
             mem.canary, mem.canary_at = None, None
@@ -231,6 +233,7 @@ class Observer:
             # /health, within the grace period) is not failing, it is not up yet.
             starting = not mem.healthy_once and now - mem.first_seen < self._startup_grace_s
             mem.health_failures = 0 if p.health.ok or starting else mem.health_failures + 1
+        mem.ready_once = mem.ready_once or _is_ready(p)
         if p.metrics is not None:
             mem.samples.append((now, p.metrics))
             while len(mem.samples) > 2 and now - mem.samples[1][0] >= self._window_s:
@@ -260,8 +263,17 @@ class Observer:
             s.update(up=0.0, ready=0.0)
         elif p.health is not None:
             s["up"] = float(p.health.ok)
-            s["ready"] = float(p.ready is not None and p.ready.ok)
             s["load_failed"] = float(p.ready is not None and p.ready.permanent)
+            # Still loading within the startup grace: not "not ready" yet, only not ready *yet*
+            # (a slow load on a busy host must not be restarted from scratch by `not-ready`).
+            # A load that failed says so at once (load_failed); one that hangs counts after it.
+            loading = (
+                not mem.ready_once
+                and not s["load_failed"]
+                and now - mem.first_seen < self._startup_grace_s
+            )
+            if not loading:
+                s["ready"] = float(p.ready is not None and p.ready.ok)
         if mem.canary is not None and mem.canary.items:
             s["canary_failures"] = float(mem.canary.failures)
             s["canary_accuracy"] = mem.canary.accuracy

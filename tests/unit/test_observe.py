@@ -214,13 +214,30 @@ def test_a_healthy_ready_replica_is_up_ready_and_passes_its_canaries(
 def test_a_replica_that_answers_health_but_not_ready_is_up_not_ready_with_the_reason(
     observer: Observer, servers: Servers
 ) -> None:
-    servers.add(8000).ready = False
+    server = servers.add(8000)
+    observer.observe([replica()], T0)  # ready once: from now on "not ready" is news
+    server.ready = False
 
-    obs = observer.observe([replica()], T0)
+    obs = observer.observe([replica()], T0 + 1)
 
     assert (obs.signals["inference-1"]["up"], obs.signals["inference-1"]["ready"]) == (1.0, 0.0)
     assert obs.reasons == {"inference-1": "inference-1 not ready: not ready: loading model"}
-    assert servers.by_address["127.0.0.1:8000"].paths == ["/health", "/ready", "/metrics"]
+    assert servers.by_address["127.0.0.1:8000"].paths[-3:] == ["/health", "/ready", "/metrics"]
+
+
+def test_a_replica_still_loading_within_the_startup_grace_has_no_ready_signal_yet(
+    observer: Observer, servers: Servers
+) -> None:
+    """``not-ready`` (ready == 0 for 60 s) must not restart a slow first load from scratch; the
+    signal appears when the grace (120 s here) is over, or at once when the load failed."""
+    servers.add(8000).ready = False
+
+    loading = [observe_at(observer, [replica()], T0 + at) for at in (0.0, 119.0)]
+    after_grace = observe_at(observer, [replica()], T0 + 120.0)
+
+    assert [("ready" in s, s["up"], s["load_failed"]) for s in loading] == [(False, 1.0, 0.0)] * 2
+    assert after_grace["ready"] == 0.0
+    assert observer.observe([replica()], T0 + 121).reasons  # the page still says why
 
 
 def test_health_failures_count_consecutive_failed_probes_and_reset_on_success(
@@ -276,13 +293,16 @@ def test_a_new_process_instance_starts_its_health_failures_from_zero(
 def test_a_failed_health_probe_gives_up_0_ready_0_and_the_probe_reason(
     observer: Observer, servers: Servers
 ) -> None:
-    servers.add(8000).healthy = False
+    server = servers.add(8000)
+    observer.observe([replica()], T0)  # up and ready once
+    server.healthy = False
+    server.paths.clear()
 
-    obs = observer.observe([replica()], T0)
+    obs = observer.observe([replica()], T0 + 1)
 
     assert (obs.signals["inference-1"]["up"], obs.signals["inference-1"]["ready"]) == (0.0, 0.0)
     assert obs.reasons == {"inference-1": "inference-1 health probe failed: HTTP 500: wedged"}
-    assert servers.by_address["127.0.0.1:8000"].paths == ["/health"]
+    assert server.paths == ["/health"]  # a failed /health is not followed by /ready
 
 
 def test_an_unreachable_replica_is_down_with_the_connection_error(observer: Observer) -> None:
