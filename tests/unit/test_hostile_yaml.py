@@ -25,6 +25,7 @@ from agent.canaries import load_canaries
 from agent.config import WardenConfig, load_config
 from agent.errors import ConfigError
 from agent.rules import load_rules
+from agent.signals import SIGNALS
 
 PROBLEM = re.compile(r"^.+:\d+: .+: .+$", re.S)
 LOADERS: list[Callable[[Path], object]] = [load_config, load_rules, load_canaries]
@@ -178,3 +179,27 @@ def test_a_secret_in_the_config_is_refused_not_read(tmp_path: Path) -> None:
 
     assert bad.value.problems[0].startswith(f"{config}:2: api.token: unknown key")
     assert "hunter2" not in "\n".join(bad.value.problems)
+
+
+SIGNAL_NAMES = sorted(SIGNALS)
+conditions = st.tuples(
+    st.sampled_from(SIGNAL_NAMES) | st.text(max_size=8),
+    st.sampled_from([">", ">=", "<", "<=", "==", "!=", "=>", "", "> >"]),
+    st.sampled_from(["", "-", "1e999", "nan", "0x10", "½"]) | st.decimals(allow_nan=False).map(str),
+    st.sampled_from(["", "%", "ms", "s", "MiB", "GiB", "x", " and up"]),
+).map(lambda t: f"{t[0]} {t[1]} {t[2]}{t[3]}")
+rules = st.fixed_dictionaries(
+    {"name": st.sampled_from(["latency-p95", "a b", "", "x" * 300]), "when": conditions},
+    optional={
+        "for": st.sampled_from(["30s", "0s", "-1s", "1y", 5, None]),
+        "severity": st.sampled_from(["warning", "critical", "info", "page", 3]),
+        "actions": st.lists(st.sampled_from(["alert", "restart", "scale", "rollback", "reboot"])),
+        "cooldown": st.sampled_from(["1m", "", "1h30m", 0.5]),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(rules, max_size=3))
+def test_any_rule_condition_gives_rules_or_located_problems(items: list[dict[str, object]]) -> None:
+    check(load_rules, yaml.safe_dump({"rules": items}), name="rules.yaml")
