@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-try:  # the parser uvicorn's "auto" picks: httptools when installed, else h11
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
-except ImportError:  # pragma: no cover - images without httptools
-    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+if TYPE_CHECKING:  # what both of uvicorn's HTTP protocols (h11, httptools) have
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _Protocol
+else:
+    _Protocol = object
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 
 
-class _RequestDeadline(_Base):
+class _RequestDeadline(_Protocol):
+    """Mixed into one of uvicorn's HTTP protocols by ``guarded_http``."""
+
     request_timeout_s = DEFAULT_REQUEST_TIMEOUT_S
     _deadline: asyncio.TimerHandle | None = None
 
@@ -67,7 +71,14 @@ class _RequestDeadline(_Base):
             self.transport.close()
 
 
-def guarded_http(request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> type[asyncio.Protocol]:
-    """uvicorn's default HTTP protocol with a ``request_timeout_s`` deadline per request; pass
-    it as ``uvicorn.Config(http=...)``."""
-    return type("GuardedHTTP", (_RequestDeadline,), {"request_timeout_s": request_timeout_s})
+def guarded_http(
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    base: type[asyncio.Protocol] = AutoHTTPProtocol,
+) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (``base``: what uvicorn's "auto" picks, httptools when installed,
+    else h11 as in the images) with a ``request_timeout_s`` deadline per request; pass it as
+    ``uvicorn.Config(http=...)``."""
+    guarded = type(
+        "GuardedHTTP", (_RequestDeadline, base), {"request_timeout_s": request_timeout_s}
+    )
+    return cast(type[asyncio.Protocol], guarded)

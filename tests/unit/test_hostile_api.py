@@ -359,17 +359,6 @@ def test_a_hostile_body_gets_a_4xx_and_changes_nothing(agent: Agent, body: bytes
     assert agent.store.releases() == before
 
 
-# --- the server-protection code exists twice (agent and inference never import each other) ---
-
-
-def test_the_slow_client_guard_is_the_same_code_in_the_agent_and_the_server() -> None:
-    def code(path: Path) -> str:
-        text = path.read_text(encoding="utf-8")
-        return text[text.index('"""', 3) :]  # without the module docstring
-
-    assert code(REPO / "agent" / "slow_clients.py") == code(REPO / "inference" / "slow_clients.py")
-
-
 # --- webhook receivers: the documented timestamp window defeats replays ---------------------
 
 
