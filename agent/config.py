@@ -200,6 +200,8 @@ def _unique_names(tokens: tuple[TokenSettings, ...]) -> tuple[TokenSettings, ...
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"token names must be unique; {', '.join(twice)} is used twice")
+    if "default" in names:
+        raise ValueError('"default" is the name of the token_env token; choose another name')
     return tokens
 
 

@@ -181,6 +181,10 @@ def test_a_named_token_without_its_secret_stops_the_agent_saying_where_it_looked
             'got "not a name"',
         ),
         (
+            "[{name: default, env: A}]",
+            'api.tokens: "default" is the name of the token_env token; choose another name',
+        ),
+        (
             "[{name: ops, secret: hunter2}]",
             "api.tokens[0].secret: unknown key",
         ),
