@@ -154,6 +154,27 @@ def create_api(
         items = agent.store.events(after_id=after, limit=limit)
         return {"events": [event_json(e) for e in items], "next": items[-1].id if items else after}
 
+    @app.get("/api/rules", dependencies=read)
+    def rules() -> dict[str, Any]:
+        """The rules in effect (the last valid set) and the files they came from."""
+        ruleset = agent.rules.rules
+        return {
+            "files": list(ruleset.files),
+            "problems": list(agent.mem.rules_problems),
+            "rules": [
+                {
+                    "name": r.name,
+                    "when": f"{r.signal} {r.op} {r.threshold_text}",
+                    "for_s": r.for_s,
+                    "severity": r.severity,
+                    "actions": [a.value for a in r.actions],
+                    "source": r.source,
+                    "description": r.description,
+                }
+                for r in ruleset.rules
+            ],
+        }
+
     @app.get("/api/history", dependencies=read)
     def signal_history() -> dict[str, Any]:
         return history.to_json()

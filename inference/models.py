@@ -122,6 +122,12 @@ class _Encoder:
             self.tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
                 info.path, local_files_only=True
             )
+            # token_lengths runs on the event loop while the batch thread tokenizes: one fast
+            # (Rust) tokenizer used from two threads fails with "RuntimeError: Already
+            # borrowed", so the length count has an instance of its own.
+            self._length_tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+                info.path, local_files_only=True
+            )
             self.model = self.auto_class.from_pretrained(info.path, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"cannot load {info.path}: {type(exc).__name__}: {exc}") from exc
@@ -134,7 +140,7 @@ class _Encoder:
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the model sees it: special tokens included, truncated."""
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        encoded = self._length_tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def warm_up(self, lengths: Sequence[int] = ()) -> None:
@@ -283,7 +289,9 @@ class FillMaskPredictor(_Encoder):
                     "token in the text",
                     field=f"inputs[{index}]",
                 )
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        encoded = self._length_tokenizer(
+            list(texts), truncation=True, max_length=self.max_length
+        )  # on the event loop: never the batch thread's tokenizer
         for index, ids in enumerate(encoded["input_ids"]):
             if self.mask_token_id not in ids:
                 raise InputError(
