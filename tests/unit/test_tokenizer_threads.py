@@ -6,37 +6,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import BertConfig, BertModel, BertTokenizer
-
 from inference.domain import PredictItem
 from inference.models import load_predictor
+from tests.unit.test_quantize import tiny_bert  # noqa: F401 (the fixture: a tiny BERT)
 
-VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "is", "good", "bad", "movie")
 ROUNDS = 400
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-bert-threads")
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(directory)
-    BertTokenizer(vocab_file=str(vocab)).save_pretrained(directory)
-    return directory
-
-
-def test_token_counts_and_batches_in_two_threads_never_collide(tiny_bert: Path) -> None:
+def test_token_counts_and_batches_in_two_threads_never_collide(tiny_bert: Path) -> None:  # noqa: F811
     predictor = load_predictor(model_dir=tiny_bert, task="embed", device="cpu")
     texts = ["the movie is good", "a bad movie " * 20, "good"]
     items = [PredictItem(text=t, top_k=1, tokens=8) for t in texts * 4]
