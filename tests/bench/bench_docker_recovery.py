@@ -15,8 +15,10 @@ Scenarios (each round runs all six, one after the other; median over the rounds)
   autoheal's default); detected = when the restarter saw it unhealthy.
 - bad release, Warden: ``warden deploy`` of a fresh tag of ``warden-inference:bad`` (canaries
   fail); reverted-and-ready = first 200 from ``/ready`` of a ``good`` container after the
-  rollback, measured from when its canaries first failed (the first ``/api/status`` showing the
-  bad replica's canary accuracy below 1, polled every 20 ms); detected = the rollback decision.
+  rollback, measured from when its canaries first failed: the first ``/api/status`` showing the
+  bad replica's canary accuracy below 1 (polled every 20 ms), or the rollback decision when that
+  came first (the decay test can revert on the first canary run's lower confidences before any
+  answer is wrong); detected = the rollback decision, from that same moment.
 - bad release, baseline: a person replaces ``good`` with ``bad`` (``docker rm -f`` + ``docker
   run``); an alert fires at the first failing canary check (the same golden set, checked every
   2 s like Warden does while a release bakes, without Warden's 10 s ``for``), and the person runs
@@ -221,12 +223,13 @@ def warden_bad(agent: RunningAgent, round_no: int) -> Result:
         )
         if failing and not first_fail:
             first_fail.append(time.time())
-        return bool(first_fail) and doc["current_release"] == "good"
+        return doc["current_release"] == "good"
 
-    until("a failing canary and the revert", reverting_after_a_canary_failure)
+    until("the revert", reverting_after_a_canary_failure)
     ready_at = new_ready_replica(agent, old)
     detected = until("the rollback decision", lambda: audit_ts(agent, "rollback", t0), 10)
-    return Result(detect_s=detected - first_fail[0], ready_s=ready_at - first_fail[0])
+    failed_at = min([detected, *first_fail])  # a decision before any wrong answer: decay
+    return Result(detect_s=detected - failed_at, ready_s=ready_at - failed_at)
 
 
 @contextmanager
