@@ -212,6 +212,7 @@ def warden_bad(agent: RunningAgent, round_no: int) -> Result:
     response = agent.post("/api/deploy", {"tag": tag, "image": "warden-inference:bad"})
     assert response.status_code == 202, response.text
     first_fail: list[float] = []
+    deployed: list[bool] = []  # the bad tag was current once: "good" again is the revert
 
     def reverting_after_a_canary_failure() -> bool:
         doc = agent.try_status()
@@ -223,7 +224,9 @@ def warden_bad(agent: RunningAgent, round_no: int) -> Result:
         )
         if failing and not first_fail:
             first_fail.append(time.time())
-        return doc["current_release"] == "good"
+        if doc["current_release"] == tag:
+            deployed.append(True)
+        return bool(deployed) and doc["current_release"] == "good"
 
     until("the revert", reverting_after_a_canary_failure)
     ready_at = new_ready_replica(agent, old)
