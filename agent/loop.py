@@ -210,8 +210,7 @@ class Agent:
             force_canaries=verifying_rollback,
             canary_interval_s=self.settings.bake_canary_interval_s if candidate else None,
         )
-        if candidate:
-            _mark_candidate_canaries(obs, desired.release)
+        _mark_candidate_canaries(obs, desired.release if candidate else None)
         self._decay_signals(obs, desired, candidate, now)
         if self.drift is not None:  # the monitor polls on its own job; this reads its signals
             ready = [v.replica for v in obs.views if v.replica.id in obs.ready_slots]
@@ -703,16 +702,21 @@ class Agent:
         )
 
 
-def _mark_candidate_canaries(obs: Observation, release: str) -> None:
-    """Add ``candidate_canary_failures`` for the replicas serving the release that still bakes.
+def _mark_candidate_canaries(obs: Observation, release: str | None) -> None:
+    """``candidate_canary_failures``: a replica's canary failures while it serves ``release``, the
+    release that still bakes (None: none does), else 0.
 
     A rule on it can revert a new release within seconds of its first wrong golden-set answer
-    without making ``canary-failing`` on a proven release just as hasty.
+    without making ``canary-failing`` on a proven release just as hasty. It is 0, not absent, once
+    the release was promoted or reverted: an absent signal keeps a rule's state as it was, and
+    the rule (and its ladder) must resolve, or the next bad release would be escalated instead of
+    reverted.
     """
     for view in obs.views:
         signals = obs.signals.get(view.replica.id)
-        if view.replica.release == release and signals and "canary_failures" in signals:
-            signals["candidate_canary_failures"] = signals["canary_failures"]
+        if signals and "canary_failures" in signals:
+            serving = release is not None and view.replica.release == release
+            signals["candidate_canary_failures"] = signals["canary_failures"] if serving else 0.0
 
 
 def _key(pair: tuple[str, str]) -> str:

@@ -264,7 +264,7 @@ _ALL = (
           "golden-set items that failed in the last canary run"),
     _spec("candidate_canary_failures", Unit.COUNT, _R, "canary failures of the new release",
           "canary_failures of a replica serving a release that is still baking (not yet proven "
-          "good); absent otherwise"),
+          "good); 0 otherwise"),
     _spec("canary_accuracy", Unit.RATIO, _R, "canary accuracy",
           "share of golden-set items answered correctly in the last canary run"),
     _spec("cpu_percent", Unit.PERCENT, _R, "CPU",

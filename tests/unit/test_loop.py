@@ -347,7 +347,7 @@ def test_a_candidate_failing_its_canaries_is_rolled_back_to_the_good_release(
 
 def test_the_shipped_rules_revert_a_baking_release_2s_after_a_wrong_canary(world: World) -> None:
     """``candidate-canary-failing`` (for: 2s) reverts a candidate long before ``canary-failing``
-    (for: 10s) would; a proven release's replicas never carry ``candidate_canary_failures``."""
+    (for: 10s) would; a proven release's replicas have ``candidate_canary_failures`` 0."""
     shipped = Path(__file__).parents[2] / "rules" / "quality.yaml"
     (world.rules_dir / "quality.yaml").write_text(shipped.read_text(), encoding="utf-8")
     agent = world.agent()
@@ -356,7 +356,7 @@ def test_the_shipped_rules_revert_a_baking_release_2s_after_a_wrong_canary(world
     world.clock.advance(1.0)
     agent.tick()
     assert agent.mem.last_observation is not None
-    assert "candidate_canary_failures" not in agent.mem.last_observation.signals["inference-1"]
+    assert agent.mem.last_observation.signals["inference-1"]["candidate_canary_failures"] == 0.0
     world.engine.broken.add("v2")
     agent.deploy(ReleaseSpec(tag="v2"))
     world.clock.advance(1.0)
@@ -657,3 +657,33 @@ def test_tick_with_the_engine_unreachable_changes_nothing_and_says_why_once(
     assert healed.problems == () and healed.steps == (
         "replace inference-1: generation 0 -> 1 (restart requested)",
     )
+
+
+def test_a_second_bad_release_is_reverted_too_not_escalated(world: World) -> None:
+    """After a verified revert the candidate rule resolves (its signal is 0 on the good release),
+    so its ladder resets: the next bad release is reverted again, not frozen as "did not hold"."""
+    shipped = Path(__file__).parents[2] / "rules" / "quality.yaml"
+    (world.rules_dir / "quality.yaml").write_text(shipped.read_text(), encoding="utf-8")
+    agent = world.agent()
+    started_and_ready(world, agent)
+    agent.store.mark_good("v1", world.clock.now(), "baked")
+    world.engine.broken.update({"v2", "v3"})
+    rollbacks = []
+    for tag in ("v2", "v3"):
+        agent.deploy(ReleaseSpec(tag=tag))
+        for _ in range(30):
+            world.clock.advance(1.0)
+            report = agent.tick()
+            rollbacks += [d for d in report.decisions if d.action is ActionKind.ROLLBACK]
+        desired = agent.store.desired()
+        assert desired is not None and desired.release == "v1", tag
+        for _ in range(120):  # serving v1 again, well past every cooldown
+            world.clock.advance(1.0)
+            agent.tick()
+
+    assert [d.reason.split(":")[0] for d in rollbacks] == [
+        "roll back v2 to v1 (the release is a candidate)",
+        "roll back v3 to v1 (the release is a candidate)",
+    ]
+    final = agent.store.desired()
+    assert final is not None and not final.frozen
