@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,8 +96,10 @@ def answer(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, text="")
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
+@contextmanager
+def fake_agent(tmp_path: Path, **settings: Any) -> Iterator[Agent]:
+    """An Agent on a fake engine and fake clock whose replicas answer through ``answer``;
+    ``settings`` go to ``AgentSettings`` (the API, status page and hostile-input tests share it)."""
     clock = FakeClock(T0)
     engine = FakeEngine(clock)
     rules_dir = tmp_path / "rules"
@@ -113,7 +117,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     store = StateStore(tmp_path / "state")
     audit = AuditLog(tmp_path / "state")
     built = Agent(
-        settings=AgentSettings(initial_release=ReleaseSpec(tag="v1")),
+        settings=AgentSettings(initial_release=ReleaseSpec(tag="v1"), **settings),
         clock=clock,
         backend=engine,
         observer=observer,
@@ -122,11 +126,19 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
         rules=RuleWatcher(rules_dir),
         metrics=AgentMetrics(),
     )
-    yield built
-    observer.close()
-    client.close()
-    store.close()
-    audit.close()
+    try:
+        yield built
+    finally:
+        observer.close()
+        client.close()
+        store.close()
+        audit.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    with fake_agent(tmp_path) as built:
+        yield built
 
 
 def api(agent: Agent, *, token: str | None = TOKEN, read_open: bool = True) -> TestClient:

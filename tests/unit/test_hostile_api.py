@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -23,19 +22,11 @@ from agent.app import Runtime, named_tokens
 from agent.audit import AuditLog, acting_as
 from agent.backends.base import ReleaseSpec
 from agent.body_limit import MAX_BODY_BYTES
-from agent.canaries import Canary
-from agent.clock import FakeClock
-from agent.collectors import GpuCollector
 from agent.config import WardenConfig, load_config
 from agent.errors import ConfigError, WardenError
-from agent.loop import Agent, AgentSettings
-from agent.metrics import AgentMetrics
-from agent.observe import Observer
-from agent.rules import RuleWatcher
-from agent.state import StateStore
-from tests.unit.fakes import NoGpu
+from agent.loop import Agent
 from tests.unit.test_alerts import FIRING
-from tests.unit.test_api import RULES, T0, FakeEngine, answer
+from tests.unit.test_api import T0, fake_agent
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = "default-secret-token"
@@ -44,35 +35,8 @@ OPS = "ops-secret-token"
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
-    clock = FakeClock(T0)
-    engine = FakeEngine(clock)
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
-    (rules_dir / "health.yaml").write_text(RULES, encoding="utf-8")
-    client = httpx.Client(transport=httpx.MockTransport(answer))
-    observer = Observer(
-        backend=engine,
-        client=client,
-        canaries=lambda: [Canary(name="refund", input="refund me", expected="billing")],
-        timeout_s=1.0,
-        canary_interval_s=30.0,
-        gpu=GpuCollector(nvml=NoGpu()),
-    )
-    built = Agent(
-        settings=AgentSettings(initial_release=ReleaseSpec(tag="v1")),
-        clock=clock,
-        backend=engine,
-        observer=observer,
-        store=StateStore(tmp_path / "state"),
-        audit=AuditLog(tmp_path / "state"),
-        rules=RuleWatcher(rules_dir),
-        metrics=AgentMetrics(),
-    )
-    yield built
-    observer.close()
-    client.close()
-    built.store.close()
-    built.audit.close()
+    with fake_agent(tmp_path) as built:
+        yield built
 
 
 def api(agent: Agent, **kwargs: Any) -> TestClient:

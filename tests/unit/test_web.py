@@ -8,26 +8,16 @@ from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from agent.api import create_api
-from agent.audit import AuditLog
 from agent.backends.base import ReleaseSpec
-from agent.canaries import Canary
-from agent.clock import FakeClock
-from agent.collectors import GpuCollector
 from agent.domain import ActionKind
 from agent.history import SignalHistory
-from agent.loop import Agent, AgentSettings
-from agent.metrics import AgentMetrics
-from agent.observe import Observer
-from agent.rules import RuleWatcher
-from agent.state import StateStore
+from agent.loop import Agent
 from agent.state_schema import ActionStatus
-from tests.unit.fakes import NoGpu
-from tests.unit.test_api import RULES, FakeEngine, answer
+from tests.unit.test_api import fake_agent
 
 T0 = 1_700_000_000.0
 TOKEN = "t0ken-for-tests"
@@ -38,37 +28,8 @@ BAKE_S = 30.0
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
-    clock = FakeClock(T0)
-    engine = FakeEngine(clock)
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
-    (rules_dir / "health.yaml").write_text(RULES, encoding="utf-8")
-    client = httpx.Client(transport=httpx.MockTransport(answer))
-    observer = Observer(
-        backend=engine,
-        client=client,
-        canaries=lambda: [Canary(name="refund", input="refund me", expected="billing")],
-        timeout_s=1.0,
-        canary_interval_s=30.0,
-        gpu=GpuCollector(nvml=NoGpu()),
-    )
-    store = StateStore(tmp_path / "state")
-    audit = AuditLog(tmp_path / "state")
-    built = Agent(
-        settings=AgentSettings(initial_release=ReleaseSpec(tag="v1"), bake_s=BAKE_S),
-        clock=clock,
-        backend=engine,
-        observer=observer,
-        store=store,
-        audit=audit,
-        rules=RuleWatcher(rules_dir),
-        metrics=AgentMetrics(),
-    )
-    yield built
-    observer.close()
-    client.close()
-    store.close()
-    audit.close()
+    with fake_agent(tmp_path, bake_s=BAKE_S) as built:
+        yield built
 
 
 def web(
