@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -23,6 +23,7 @@ from agent.audit import acting_as
 from agent.backends.base import ReleaseSpec
 from agent.body_limit import BodyLimitMiddleware
 from agent.decay_monitor import DecayMonitor
+from agent.durations import DurationError, parse_duration
 from agent.errors import WardenError
 from agent.feedback import FeedbackItem
 from agent.history import SignalHistory
@@ -40,6 +41,13 @@ class DeployBody(BaseModel):
     image: str = ""
     args: list[str] = Field(default_factory=list, max_length=64)
     force: bool = False
+    # Staged rollout (needs HAProxy): None = staged when the agent runs a balancer.
+    staged: bool | None = None
+    steps: list[Annotated[int, Field(gt=0, le=100)]] | None = Field(None, max_length=20)
+    step_duration: str | None = Field(None, max_length=32)  # "2m", "30s"
+    load_test: bool = False
+    canary_replicas: int = Field(1, ge=1, le=16)
+    note: str = Field("", max_length=500)
 
 
 class RollbackBody(BaseModel):
@@ -195,13 +203,7 @@ def create_api(
 
     add_status_page(app, agent, history, read=read, may_read=may_read, token_hint=token_hint)
 
-    @app.post("/api/deploy", dependencies=write, status_code=202)
-    def deploy(body: DeployBody, request: Request) -> dict[str, Any]:
-        spec = ReleaseSpec(
-            tag=body.tag, model=body.model, task=body.task, image=body.image, args=tuple(body.args)
-        )
-        with acting_as(request.state.operator):
-            return agent.deploy(spec, force=body.force)
+    _deploy_routes(app, agent, write=write)
 
     @app.post("/api/rollback", dependencies=write, status_code=202)
     def rollback(body: RollbackBody, request: Request) -> dict[str, Any]:
@@ -221,6 +223,47 @@ def create_api(
             return agent.set_flags(frozen=body.on)
 
     return app
+
+
+def _deploy_routes(app: FastAPI, agent: Agent, *, write: list[Any]) -> None:
+    """``POST /api/deploy`` (all at once, or staged behind HAProxy) and the rollout commands."""
+
+    @app.post("/api/deploy", dependencies=write, status_code=202)
+    def deploy(body: DeployBody, request: Request) -> dict[str, Any]:
+        spec = ReleaseSpec(
+            tag=body.tag, model=body.model, task=body.task, image=body.image, args=tuple(body.args)
+        )
+        staged = body.staged
+        if staged is None:
+            staged = agent.rollouts is not None and agent.rollouts.balancer is not None
+        with acting_as(request.state.operator):
+            if not staged:
+                if body.steps or body.load_test:
+                    raise WardenError("--steps and --load-test need a staged rollout")
+                return agent.deploy(spec, force=body.force)
+            try:
+                duration = (
+                    None if body.step_duration is None else parse_duration(body.step_duration)
+                )
+            except DurationError as exc:
+                raise WardenError(f"step_duration: {exc}") from exc
+            return agent.staged_deploy(
+                spec,
+                steps=body.steps,
+                step_duration_s=duration,
+                load_test=body.load_test,
+                replicas=body.canary_replicas,
+                force=body.force,
+                by=request.state.operator,
+                note=body.note,
+            )
+
+    @app.post("/api/rollout/{command}", dependencies=write)
+    def rollout_command(
+        command: Literal["pause", "resume", "abort", "promote"], request: Request
+    ) -> dict[str, Any]:
+        with acting_as(request.state.operator):
+            return agent.rollout_command(command, by=request.state.operator)
 
 
 def _feedback_routes(app: FastAPI, agent: Agent, *, read: list[Any], write: list[Any]) -> None:

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from agent import alerts as alerting
 from agent.api import create_api
 from agent.audit import AuditLog
 from agent.backends.base import Backend
-from agent.canaries import load_canaries
+from agent.canaries import Canary, load_canaries
 from agent.clock import Clock, SystemClock
 from agent.config import WardenConfig, is_loopback
 from agent.decay_monitor import DecayMonitor, DecaySettings
@@ -39,6 +40,10 @@ from agent.loop import Agent, AgentSettings
 from agent.metrics import AgentMetrics
 from agent.observe import Observer
 from agent.policy import PolicyConfig
+from agent.rollout.analysis import Limits
+from agent.rollout.balancer import HaproxyBalancer
+from agent.rollout.controller import Rollouts, RolloutSettings, RolloutStore
+from agent.rollout.haproxy import HaproxyProcess
 from agent.rules import RuleWatcher
 from agent.slow_clients import guarded_http
 from agent.state import StateStore
@@ -58,7 +63,8 @@ def make_backend(cfg: WardenConfig, clock: Clock) -> Backend:
         return ProcessBackend(
             state_dir=cfg.state_dir,
             service=cfg.service,
-            base_port=cfg.backend.port,
+            # HAProxy takes the public port; the replicas start on the ports above it
+            base_port=cfg.backend.port + (1 if uses_haproxy(cfg) else 0),
             host=cfg.backend.host,
             command=[*cfg.backend.command, *cfg.backend.extra_args],
             grace_s=2.0,  # a replica being replaced is broken or idle: no long drain
@@ -73,6 +79,59 @@ def make_backend(cfg: WardenConfig, clock: Clock) -> Backend:
 
         return SwarmBackend.from_config(cfg, clock=clock)
     raise ConfigError([f"backend: kind {kind!r} is not available in this build"])
+
+
+def uses_haproxy(cfg: WardenConfig) -> bool:
+    """``balancer.kind`` resolved: auto means HAProxy when installed, for the process backend."""
+    kind = cfg.balancer.kind
+    if kind == "auto":
+        return cfg.backend.kind == "process" and HaproxyProcess.available()
+    return kind == "haproxy"
+
+
+def make_rollouts(cfg: WardenConfig, agent: Agent, canaries: Sequence[Canary]) -> Rollouts:
+    """Staged rollouts, with HAProxy started (or adopted) when the config uses it."""
+    balancer = None
+    if uses_haproxy(cfg):
+        if cfg.backend.kind != "process":
+            raise ConfigError(
+                ["balancer: kind haproxy is wired for the process backend; docker and swarm "
+                 "use the compose HAProxy service (docs/rollout.md)"]
+            )  # fmt: skip
+        process = HaproxyProcess(
+            directory=cfg.state_dir / "haproxy",
+            bind=f"{cfg.backend.host}:{cfg.backend.port}",
+            slots=cfg.balancer.slots,
+        )
+        balancer = HaproxyBalancer(process)
+        try:
+            balancer.start()
+        except BackendError as exc:
+            raise ConfigError([f"balancer: {exc}"]) from exc
+    r = cfg.rollout
+    settings = RolloutSettings(
+        steps=r.steps,
+        step_duration_s=r.step_duration_s,
+        start_timeout_s=r.start_timeout_s,
+        drain_timeout_s=r.drain_timeout_s,
+        load_test_requests=r.load_test_requests,
+        load_test_concurrency=r.load_test_concurrency,
+        limits=Limits(
+            max_p95_ratio=r.max_p95_ratio,
+            min_p95_delta_ms=r.min_p95_delta_ms,
+            min_requests=r.min_requests,
+            max_error_delta=r.max_error_delta,
+            error_alpha=r.error_alpha,
+        ),
+    )
+    texts = [c.input for c in canaries]
+    return Rollouts(
+        service=cfg.service,
+        store=RolloutStore(agent.store.load_kv, agent.store.save_kv),
+        balancer=balancer,
+        settings=settings,
+        hooks=agent.rollout_hooks(lambda: texts),
+    )
 
 
 def settings_from(cfg: WardenConfig) -> AgentSettings:
@@ -123,7 +182,7 @@ def build_agent(
     watcher = RuleWatcher(cfg.rules)
     if watcher.rules.rules == () and not watcher.poll().ok:
         raise ConfigError(watcher.poll().problems)
-    return Agent(
+    agent = Agent(
         settings=settings_from(cfg),
         clock=clock,
         backend=backend,
@@ -137,6 +196,8 @@ def build_agent(
         decay=decay_monitor(cfg),
         drift=drift_monitor(cfg, client),
     )
+    agent.rollouts = make_rollouts(cfg, agent, canaries)
+    return agent
 
 
 def decay_monitor(cfg: WardenConfig) -> DecayMonitor | None:
@@ -377,6 +438,10 @@ class Runtime:
         self._api_thread.join(timeout=5)
         self.agent.observer.close()
         self.agent.backend.close()
+        if self.agent.rollouts is not None:
+            self.agent.rollouts.close()
+            if self.agent.rollouts.balancer is not None:
+                self.agent.rollouts.balancer.close()
         if self.agent.decay is not None:
             self.agent.decay.feedback.close()
         self._http.close()

@@ -110,6 +110,8 @@ def _run(cfg: WardenConfig, *, embedded: bool, trace: Path | None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
     first = f"http://{cfg.backend.host}:{cfg.backend.port}"
+    if agent.rollouts is not None and agent.rollouts.balancer is not None:
+        first += " (HAProxy; replicas on the ports above it)"
     desired = agent.store.desired()
     err.print(
         f"warden: {cfg.backend.kind} backend, {cfg.backend.replicas} replica(s) of "
@@ -146,7 +148,10 @@ def _logging(level: str) -> None:
 @app.command()
 def up(
     config: ConfigOpt = None,
-    port: Annotated[int | None, typer.Option(help="Port of the first server replica.")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Public port: HAProxy when installed, else the first replica."),
+    ] = None,
     replicas: Annotated[int | None, typer.Option(help="Replicas to run.")] = None,
     model: Annotated[
         str | None,
@@ -181,7 +186,12 @@ def up(
         update={k: v for k, v in {"model": model, "task": task}.items() if v}
     )
     policy = cfg.policy.model_copy(update={"dry_run": dry_run or cfg.policy.dry_run})
-    cfg = cfg.model_copy(update={"backend": backend, "release": release, "policy": policy})
+    balancer = cfg.balancer
+    if "balancer" not in cfg.model_fields_set:  # HAProxy in front when installed (staged deploys)
+        balancer = balancer.model_copy(update={"kind": "auto"})
+    cfg = cfg.model_copy(
+        update={"backend": backend, "release": release, "policy": policy, "balancer": balancer}
+    )
     _run(cfg, embedded=True, trace=record_trace)
 
 
@@ -416,7 +426,10 @@ def releases(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fa
 
 @app.command()
 def deploy(
-    tag: Annotated[str, typer.Argument(help="Release tag (an image tag for docker/swarm).")],
+    tag: Annotated[
+        str | None,
+        typer.Argument(help="Release tag (an image tag for docker/swarm); none with --pause etc."),
+    ] = None,
     model: Annotated[str, typer.Option(help="Process backend: model directory.")] = "",
     task: Annotated[str, typer.Option(help="Server task for this release.")] = "",
     image: Annotated[str, typer.Option(help="Docker/Swarm: full image reference.")] = "",
@@ -439,29 +452,100 @@ def deploy(
     timeout: Annotated[
         str, typer.Option(help="With --wait: give up (exit 1) after this long, e.g. 30m.")
     ] = "30m",
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="Staged rollout: candidate's traffic share at each step, in percent "
+            "(default from rollout.steps: 10,50,100). Needs HAProxy (balancer)."
+        ),
+    ] = None,
+    step_duration: Annotated[
+        str | None, typer.Option(help="Staged rollout: how long each step is watched, e.g. 2m.")
+    ] = None,
+    load_test: Annotated[
+        bool,
+        typer.Option(
+            "--load-test",
+            help="Staged rollout: before any user traffic, a bounded load test of the "
+            "candidate alone vs stable under the same load (p95 and errors compared).",
+        ),
+    ] = False,
+    canary_replicas: Annotated[
+        int, typer.Option(help="Staged rollout: replicas of the candidate.", min=1, max=16)
+    ] = 1,
+    all_at_once: Annotated[
+        bool,
+        typer.Option(
+            "--all-at-once",
+            help="Replace every replica and bake, even when HAProxy could stage the rollout.",
+        ),
+    ] = False,
+    note: Annotated[str, typer.Option(help="A note kept with the release's history.")] = "",
+    pause: Annotated[
+        bool, typer.Option("--pause", help="Hold the staged rollout in progress at its weights.")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Resume a paused rollout.")] = False,
+    abort: Annotated[
+        bool,
+        typer.Option("--abort", help="Abort the rollout: candidate weight 0, marked bad."),
+    ] = False,
+    promote: Annotated[
+        bool,
+        typer.Option("--promote", help="Promote the candidate now: it takes all traffic."),
+    ] = False,
     config: ConfigOpt = None,
     api: ApiOpt = None,
 ) -> None:
-    """Deploy TAG as a candidate; it becomes good after its bake, or is reverted.
+    """Deploy TAG as a candidate: staged through HAProxy when it runs, else all at once + bake.
 
-    Example: `warden deploy v2 --model ./models/intent-v2 --wait`.
+    Staged (HAProxy in front): candidate replicas start beside the stable ones with no traffic,
+    its golden-set canaries must pass, optionally a load test, then --steps shift traffic to it,
+    each step watched for --step-duration and compared with stable (p95 ratio, 5xx rate with a
+    significance test, canaries). Any breach: candidate weight 0 at once, marked bad, alert.
+
+    Example: `warden deploy v2 --model ./models/intent-v2 --wait`, or staged:
+    `warden deploy v3 --steps 10,50,100 --step-duration 2m --load-test --note "new tokenizer"`,
+    then `warden deploy --pause` (or --resume, --abort, --promote).
     """
+    commands = [c for c, on in (("pause", pause), ("resume", resume), ("abort", abort),
+                                ("promote", promote)) if on]  # fmt: skip
+    if len(commands) > 1:
+        raise _fail("give one of --pause, --resume, --abort, --promote", EXIT_USAGE)
+    client = _Client(config, api)
+    if commands:
+        state = client.request("POST", f"/api/rollout/{commands[0]}", {})
+        out.print(f"{state['candidate']}: {state['status']}", markup=False, highlight=False)
+        return
+    if tag is None:
+        raise _fail("give a release TAG to deploy (or --pause/--resume/--abort/--promote)", 2)
     try:
         timeout_s = parse_duration(timeout)
     except DurationError as exc:
         raise _fail(f"--timeout: {exc}", EXIT_USAGE) from exc
-    body = {
+    body: dict[str, Any] = {
         "tag": tag,
         "model": model,
         "task": task,
         "image": image,
         "args": arg or [],
         "force": force,
+        "load_test": load_test,
+        "canary_replicas": canary_replicas,
+        "note": note,
+        "step_duration": step_duration,
+        "steps": _steps(steps),
     }
-    client = _Client(config, api)
+    if all_at_once:
+        body["staged"] = False
     doc = client.request("POST", "/api/deploy", body)
+    staged = doc.get("rollout")
+    how = (
+        f"staged rollout, steps {','.join(str(s) for s in staged['steps'])} %"
+        if staged
+        else "all at once, then a bake"
+    )
     out.print(
-        f"deploying {doc['release']} as candidate (was {doc['previous']}); "
+        f"deploying {doc['release']} as candidate (was {doc['previous']}; {how}); "
         + (
             "following it until it is good or bad (Ctrl-C stops following, not the deploy)"
             if wait
@@ -482,6 +566,17 @@ def deploy(
         raise typer.Exit(130) from None
     (out if code == 0 else err).print(line, markup=False, highlight=False)
     raise typer.Exit(code)
+
+
+def _steps(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise _fail(
+            f"--steps: expected percents like 10,50,100; got {text!r}", EXIT_USAGE
+        ) from None
 
 
 @app.command()

@@ -124,6 +124,31 @@ def aggregate(
     return _signals(total, dt_s)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowStats:
+    """``/predict`` traffic of a set of replicas between two scrapes of each."""
+
+    requests: int
+    errors: int  # 5xx answers
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+def window_stats(pairs: Sequence[tuple[MetricsSample, MetricsSample]]) -> WindowStats:
+    """Requests, 5xx and latency quantiles summed over replicas, each from its ``(start, now)``."""
+    deltas = [_delta(prev, cur) for prev, cur in pairs]
+    counts = _sum_maps(d.requests for d in deltas)
+    durations = _sum_cumulative([d.request_duration for d in deltas])
+    predict = {status: n for (endpoint, status), n in counts.items() if endpoint == PREDICT}
+    p50, p95 = histogram_quantile(0.5, durations), histogram_quantile(0.95, durations)
+    return WindowStats(
+        requests=round(sum(predict.values())),
+        errors=round(sum(n for s, n in predict.items() if s.startswith("5"))),
+        p50_ms=None if p50 is None else p50 * 1000.0,
+        p95_ms=None if p95 is None else p95 * 1000.0,
+    )
+
+
 def _signals(delta: _Delta, dt_s: float) -> dict[str, float]:
     out: dict[str, float] = {}
     predict = {status: n for (endpoint, status), n in delta.requests.items() if endpoint == PREDICT}

@@ -366,6 +366,44 @@ class DriftSettings(_Section):
         return self
 
 
+class BalancerSettings(_Section):
+    """HAProxy in front of the replicas (docs/rollout.md): needed for staged rollouts.
+
+    kind none: clients reach the replicas directly. haproxy: HAProxy binds backend.host:port and
+    the replicas move to the ports above it. auto: haproxy when it is installed and the backend
+    is process (what `warden up` uses unless the config says otherwise).
+    """
+
+    kind: Annotated[
+        Literal["none", "haproxy", "auto"],
+        BeforeValidator(choice("balancer kind", ("none", "haproxy", "auto"))),
+    ] = "none"
+    slots: int = Field(16, ge=2, le=256)  # servers HAProxy declares; replicas + candidates
+
+
+class RolloutSettings(_Section):
+    """Defaults of `warden deploy --steps` (docs/rollout.md explains each limit)."""
+
+    steps: tuple[int, ...] = (10, 50, 100)
+    step_duration_s: PositiveDuration = Field(120.0, alias="step_duration")
+    start_timeout_s: PositiveDuration = Field(300.0, alias="start_timeout")
+    drain_timeout_s: PositiveDuration = Field(10.0, alias="drain_timeout")
+    max_p95_ratio: float = Field(2.0, gt=1)
+    min_p95_delta_ms: float = Field(20.0, ge=0)
+    min_requests: int = Field(50, ge=1)
+    max_error_delta: float = Field(0.01, ge=0, le=1)
+    error_alpha: float = Field(0.01, gt=0, lt=1)
+    load_test_requests: int = Field(200, ge=10, le=100_000)
+    load_test_concurrency: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _steps_rise_to_100(self) -> RolloutSettings:
+        steps = self.steps
+        if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(steps):
+            raise ValueError(f"steps must rise from above 0 to at most 100; got {list(steps)}")
+        return self
+
+
 def default_rules_path(base_dir: Path) -> Path:
     """``rules/`` next to the config file, else the copy packaged with the agent."""
     local = base_dir / "rules"
@@ -400,6 +438,8 @@ class WardenConfig(_Section):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     decay: DecaySettings = Field(default_factory=DecaySettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    balancer: BalancerSettings = Field(default_factory=BalancerSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     maintenance: bool = False
 
     @model_validator(mode="before")
@@ -453,12 +493,14 @@ __all__ = [
     "AlertSettings",
     "ApiSettings",
     "BackendSettings",
+    "BalancerSettings",
     "DecaySettings",
     "DriftSettings",
     "PolicySettings",
     "ProbeSettings",
     "PrometheusSettings",
     "ReleaseSettings",
+    "RolloutSettings",
     "TokenSettings",
     "WardenConfig",
     "is_loopback",

@@ -27,6 +27,7 @@ from agent.observe import Observation, Observer
 from agent.policy import Context, PolicyConfig, VerifyOutcome, decide
 from agent.reconcile import Desired, apply, plan, slot_name
 from agent.releases import ReleaseStatus, bake_status, choose_revert_target
+from agent.rollout.controller import Hooks, Rollouts
 from agent.rules import RuleSet, RuleWatcher
 from agent.state import StateStore
 from agent.state_schema import ActionRecord, ActionStatus, DesiredState
@@ -99,6 +100,7 @@ class Agent:
         trace: TraceRecorder | None = None,
         decay: DecayMonitor | None = None,
         drift: DriftHook | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -112,6 +114,7 @@ class Agent:
         self.trace = trace
         self.decay = decay
         self.drift = drift
+        self.rollouts = rollouts
         self.lock = threading.RLock()
         self.mem = _Memory()
         self._load_memory()
@@ -204,12 +207,17 @@ class Agent:
         in_flight = self.store.pending_actions()
         verifying_rollback = any(a.kind is ActionKind.ROLLBACK for a in in_flight)
         candidate = self._current_release_status(desired) is ReleaseStatus.CANDIDATE
-        obs = self.observer.observe(
+        staged = frozenset(self.rollouts.candidate_slots()) if self.rollouts else frozenset()
+        full = self.observer.observe(
             self.backend.list_replicas(),
             now,
             force_canaries=verifying_rollback,
-            canary_interval_s=self.settings.bake_canary_interval_s if candidate else None,
+            canary_interval_s=self.settings.bake_canary_interval_s if candidate or staged else None,
+            outside_service=staged,
         )
+        # A staged rollout's candidate replicas are judged by the rollout, not by the service's
+        # rules, bake, decay or drift: those see the service's own replicas only.
+        obs = _without(full, staged)
         _mark_candidate_canaries(obs, desired.release if candidate else None)
         self._decay_signals(obs, desired, candidate, now)
         if self.drift is not None:  # the monitor polls on its own job; this reads its signals
@@ -232,9 +240,15 @@ class Agent:
         self._bake(desired, obs, ev.firing, now, candidate)
         decisions = self._decide(rules, ev.firing, ev.resolved, outcomes, desired, now)
         self._resolve_alerts(ev.resolved, now, desired.release)
-        steps, problems = self._reconcile(obs)
-        self._record(snapshot, obs, ev.firing, desired)
-        interval = self._next_interval(obs)
+        balancer_problems = (
+            self.rollouts.tick(full, stable=self._desired().release, now=now)
+            if self.rollouts
+            else []
+        )
+        steps, problems = self._reconcile(full)
+        problems += balancer_problems
+        self._record(snapshot, full, ev.firing, desired)
+        interval = self._next_interval(full)
         return TickReport(
             at=now,
             firing=tuple(ev.firing),
@@ -568,7 +582,10 @@ class Agent:
         if record is None:
             return [], [f"desired release {desired.release} is unknown"]
         target = Desired(
-            release=record.spec, replicas=desired.replicas, generations=desired.generations
+            release=record.spec,
+            replicas=desired.replicas,
+            generations=desired.generations,
+            extra=self.rollouts.extra_slots() if self.rollouts else {},
         )
         replicas = self.backend.list_replicas()
         steps = plan(
@@ -631,12 +648,12 @@ class Agent:
         """Start ``spec`` as the candidate release. A release marked bad needs ``force``."""
         with self.lock:
             now = self.clock.now()
-            existing = self.store.release(spec.tag)
-            if existing is not None and existing.status is ReleaseStatus.BAD and not force:
+            self._check_deployable(spec, force)
+            if self.rollouts is not None and self.rollouts.current() is not None:
                 raise WardenError(
-                    f"release {spec.tag} was marked bad ({existing.reason}); "
-                    "deploy it again with --force if you mean it"
+                    "a staged rollout is in progress; `warden deploy --abort` or --promote it first"
                 )
+            existing = self.store.release(spec.tag)
             if existing is None:
                 self.store.add_release(spec, now)
             desired = self._desired()
@@ -645,6 +662,102 @@ class Agent:
             self._audit("deploy", subject=SERVICE, release=spec.tag, reason=reason)
             self.store.record_event(at=now, kind="deploy", subject=spec.tag, message=reason)
             return {"release": spec.tag, "status": "candidate", "previous": desired.release}
+
+    def staged_deploy(
+        self,
+        spec: ReleaseSpec,
+        *,
+        steps: Sequence[int] | None = None,
+        step_duration_s: float | None = None,
+        load_test: bool = False,
+        replicas: int = 1,
+        force: bool = False,
+        by: str = "",
+        note: str = "",
+    ) -> dict[str, Any]:
+        """Start a staged rollout of ``spec`` (``agent.rollout.controller``)."""
+        with self.lock:
+            if self.rollouts is None:
+                raise WardenError("staged rollouts are not available with this backend")
+            now = self.clock.now()
+            self._check_deployable(spec, force)
+            desired = self._desired()
+            rollout = self.rollouts.start(
+                candidate=spec.tag,
+                stable=desired.release,
+                replicas=replicas,
+                steps=steps,
+                step_duration_s=step_duration_s,
+                load_test=load_test,
+                by=by,
+                note=note,
+                now=now,
+            )
+            if self.store.release(spec.tag) is None:
+                self.store.add_release(spec, now)
+            self._audit("deploy", subject=SERVICE, release=spec.tag, by=by, reason=rollout.status)
+            return {
+                "release": spec.tag,
+                "status": "candidate",
+                "previous": desired.release,
+                "rollout": rollout.to_json(),
+            }
+
+    def rollout_command(self, command: str, *, by: str = "") -> dict[str, Any]:
+        """``pause``, ``resume``, ``abort`` or ``promote`` the staged rollout in progress."""
+        with self.lock:
+            if self.rollouts is None:
+                raise WardenError("staged rollouts are not available with this backend")
+            now = self.clock.now()
+            who = f" ({by})" if by else ""
+            if command in ("pause", "resume"):
+                rollout = self.rollouts.pause(now, on=command == "pause")
+            elif command == "abort":
+                rollout = self.rollouts.abort(now, f"aborted by an operator{who}")
+            elif command == "promote":
+                rollout = self.rollouts.promote(now, f"promoted by an operator{who}")
+            else:
+                raise WardenError(f"unknown rollout command {command!r}")
+            self._audit("rollout-" + command, subject=rollout.candidate, by=by,
+                        reason=rollout.status)  # fmt: skip
+            return rollout.to_json()
+
+    def rollout_hooks(self, canary_texts: Callable[[], Sequence[str]]) -> Hooks:
+        """What ``Rollouts`` needs from the agent (called at composition)."""
+
+        def event(kind: str, subject: str, message: str) -> None:
+            now = self.clock.now()
+            self.store.record_event(at=now, kind=kind, subject=subject, message=message)
+            self._audit(kind, subject=subject, reason=message)
+            log.info("rollout: %s", message)
+
+        def alert(rule: str, subject: str, summary: str) -> None:
+            self._alert(rule, subject, summary, self.clock.now(), severity="critical")
+
+        def mark_bad(tag: str, reason: str) -> None:
+            self.store.mark_bad(tag, self.clock.now(), reason)
+
+        def promote(tag: str, reason: str) -> None:
+            now = self.clock.now()
+            self.store.mark_good(tag, now, reason)
+            self.store.set_desired(replace(self._desired(), release=tag), now=now)
+            if self.decay is not None:
+                self.decay.capture(tag, now)
+            if self.drift is not None:
+                self.drift.promoted(tag, now)
+
+        def spec(tag: str) -> ReleaseSpec | None:
+            record = self.store.release(tag)
+            return None if record is None else record.spec
+
+        return Hooks(
+            event=event,
+            alert=alert,
+            mark_bad=mark_bad,
+            promote=promote,
+            spec=spec,
+            canary_texts=canary_texts,
+        )
 
     def rollback(self, to: str | None = None) -> dict[str, Any]:
         """Revert to ``to`` or to the newest good release that is not the current one."""
@@ -673,6 +786,14 @@ class Agent:
             self.store.record_event(at=now, kind="rollback", subject=SERVICE, message=reason)
             return {"release": target, "previous": desired.release, "action_id": action.id}
 
+    def _check_deployable(self, spec: ReleaseSpec, force: bool) -> None:
+        existing = self.store.release(spec.tag)
+        if existing is not None and existing.status is ReleaseStatus.BAD and not force:
+            raise WardenError(
+                f"release {spec.tag} was marked bad ({existing.reason}); "
+                "deploy it again with --force if you mean it"
+            )
+
     def set_flags(
         self, *, maintenance: bool | None = None, frozen: bool | None = None
     ) -> dict[str, Any]:
@@ -700,6 +821,18 @@ class Agent:
         self.audit.write(
             {"ts": self.clock.now(), "kind": kind, "subject": subject, "reason": reason, **extra}
         )
+
+
+def _without(obs: Observation, slots: frozenset[str]) -> Observation:
+    """``obs`` without the replicas in ``slots`` (their signals and reasons too)."""
+    if not slots:
+        return obs
+    return Observation(
+        at=obs.at,
+        views=tuple(v for v in obs.views if v.replica.id not in slots),
+        signals={k: v for k, v in obs.signals.items() if k not in slots},
+        reasons={k: v for k, v in obs.reasons.items() if k not in slots},
+    )
 
 
 def _mark_candidate_canaries(obs: Observation, release: str | None) -> None:

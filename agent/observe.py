@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +33,7 @@ class ReplicaView:
     canary: CanaryResult | None
     canary_at: float | None
     resources: ResourceSample | None
+    metrics: MetricsSample | None = None  # this tick's scrape of its /metrics (cumulative)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,11 +119,14 @@ class Observer:
         *,
         force_canaries: bool = False,
         canary_interval_s: float | None = None,
+        outside_service: Collection[str] = (),
     ) -> Observation:
         """Probe ``replicas`` (in parallel) and compute every signal for this tick.
 
         ``canary_interval_s`` overrides the configured canary interval (shorter while a
-        candidate release bakes); ``force_canaries`` runs them on every replica now.
+        candidate release bakes); ``force_canaries`` runs them on every replica now. Slots in
+        ``outside_service`` (a staged rollout's candidates) are probed but left out of the
+        service's signals: the rollout judges them against the stable release on its own.
         """
         interval = canary_interval_s or self._canary_interval_s
         watched = [r for r in replicas if r.state is not ReplicaState.STOPPED]
@@ -157,12 +161,14 @@ class Observer:
                     canary=mem.canary,
                     canary_at=mem.canary_at,
                     resources=probed[r.id].resources,
+                    metrics=probed[r.id].metrics,
                 )
             )
         gpu = self._gpu.collect({r.id: r.pid for r in watched if r.pid is not None})
         for slot, values in gpu.items():
             signals[slot].update(values)
-        signals[SERVICE] = self._service_signals(watched, signals, now)
+        in_service = [r for r in watched if r.id not in outside_service]
+        signals[SERVICE] = self._service_signals(in_service, signals, now)
         return Observation(at=now, views=tuple(views), signals=signals, reasons=reasons)
 
     def _canaries_due(self, r: Replica, now: float, force: bool, interval: float) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.backends.base import Backend, ReleaseSpec
 from agent.domain import Replica, ReplicaState
@@ -26,6 +26,8 @@ class Desired:
     release: ReleaseSpec
     replicas: int
     generations: Mapping[str, int]
+    # Slots outside the numbered ones, each with its own release: a staged rollout's candidates.
+    extra: Mapping[str, ReleaseSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,17 +58,19 @@ def plan(
     """
     by_slot = {r.id: r for r in replicas}
     wanted = [slot_name(service, i) for i in range(1, desired.replicas + 1)]
+    wanted += [slot for slot in desired.extra if slot not in wanted]
     steps: list[Step] = []
     replacing = 0
     for slot in wanted:
         current = by_slot.get(slot)
         generation = desired.generations.get(slot, 0)
+        release = desired.extra.get(slot, desired.release).tag
         if current is None or current.state is ReplicaState.MISSING:
             steps.append(Step(kind="start", slot=slot, reason="desired slot has no replica"))
             continue
-        if current.state is ReplicaState.STOPPED:
-            continue
-        why = _replace_reason(current, desired.release.tag, generation)
+        if current.state is ReplicaState.STOPPED and slot not in desired.extra:
+            continue  # stopped by a person; the agent's own extra slots it starts again
+        why = _replace_reason(current, release, generation)
         if not why:
             continue
         if slot not in ready:  # not serving anyway: replacing it costs nothing
@@ -104,7 +108,9 @@ def apply(backend: Backend, desired: Desired, steps: Sequence[Step]) -> list[str
                 backend.stop_replica(step.slot)
             else:
                 backend.start_replica(
-                    step.slot, desired.release, desired.generations.get(step.slot, 0)
+                    step.slot,
+                    desired.extra.get(step.slot, desired.release),
+                    desired.generations.get(step.slot, 0),
                 )
             log.info("reconcile: %s %s (%s)", step.kind, step.slot, step.reason)
         except BackendError as exc:

@@ -342,6 +342,13 @@ class StateStore:
     def save_rule_pending(self, data: Mapping[str, Any]) -> None:
         self._save_json(_RULE_PENDING_KEY, data)
 
+    def load_kv(self, key: str) -> dict[str, Any] | None:
+        """A JSON object other parts keep under ``key`` (None before the first save)."""
+        return self._load_json(key)
+
+    def save_kv(self, key: str, data: Mapping[str, Any]) -> None:
+        self._save_json(key, data)
+
     def _load_json(self, key: str) -> dict[str, Any] | None:
         rows = self._query("SELECT value FROM kv WHERE key = ?", (key,))
         if not rows:

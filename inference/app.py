@@ -52,7 +52,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the server app; the model loads in the background once the app starts."""
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(settings.release)
     runtime = ModelRuntime(settings)
     batcher: Batcher[PredictItem, Prediction] = Batcher(
         runtime.predict_batch,

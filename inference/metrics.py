@@ -36,20 +36,23 @@ def endpoint_label(path: str) -> str:
 class ServerMetrics:
     """All ``inference_*`` series of one server, in their own registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: str = "dev") -> None:
+        # Every request series carries the release tag, so a staged rollout's candidate and stable
+        # are compared on the same minutes of traffic in PromQL too (sum by (release) ...).
+        self.release = release
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.request_duration = Histogram(
             "inference_request_duration_seconds",
-            "Time from request received to response sent, by endpoint.",
-            ["endpoint"],
+            "Time from request received to response sent, by release and endpoint.",
+            ["release", "endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.requests = Counter(
             "inference_requests",
-            "HTTP requests answered, by endpoint and status code.",
-            ["endpoint", "status"],
+            "HTTP requests answered, by release, endpoint and status code.",
+            ["release", "endpoint", "status"],
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -96,8 +99,8 @@ class ServerMetrics:
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
-        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
-        self.request_duration.labels(endpoint=endpoint).observe(seconds)
+        self.requests.labels(release=self.release, endpoint=endpoint, status=str(status)).inc()
+        self.request_duration.labels(release=self.release, endpoint=endpoint).observe(seconds)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model batch."""

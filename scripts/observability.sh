@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Prometheus, promtool and Alertmanager for the observability tests and for running Warden on one
-# host (Debian packages prometheus 2.42 and prometheus-alertmanager 0.25; their services are NOT
-# started: the tests run the binaries themselves). Idempotent: installs only what is missing, then
-# checks prometheus/ with promtool (config, rules, rule unit tests).
+# Prometheus, promtool, Alertmanager and HAProxy for the observability and rollout tests and for
+# running Warden on one host (Debian packages prometheus 2.42, prometheus-alertmanager 0.25 and
+# haproxy 2.6; their services are NOT started: Warden and the tests run the binaries themselves).
+# Idempotent: installs only what is missing, then checks prometheus/ with promtool (config, rules,
+# rule unit tests).
 #
 #   sudo bash scripts/observability.sh          # install if missing + check
 #   bash scripts/observability.sh check         # only check (fails if a binary is missing)
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=${1:-install}
-BINARIES=(prometheus promtool prometheus-alertmanager amtool)
+BINARIES=(prometheus promtool prometheus-alertmanager amtool haproxy)
 
 missing() {
   local out=()
@@ -28,11 +29,11 @@ if [ -n "$(missing)" ]; then
     command -v sudo >/dev/null 2>&1 || { echo "observability: need root (or sudo) to apt-get install" >&2; exit 1; }
     SUDO=sudo
   fi
-  echo "observability: installing prometheus prometheus-alertmanager (missing: $(missing))"
+  echo "observability: installing prometheus prometheus-alertmanager haproxy (missing: $(missing))"
   export DEBIAN_FRONTEND=noninteractive
   # The package lists may be stale on a fresh machine: update only when the install fails.
-  $SUDO apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager \
-    || { $SUDO apt-get update -q && $SUDO apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager; }
+  $SUDO apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager haproxy \
+    || { $SUDO apt-get update -q && $SUDO apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager haproxy; }
   if [ -n "$(missing)" ]; then
     echo "observability: still missing after install: $(missing)" >&2
     exit 1

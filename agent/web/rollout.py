@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.loop import Agent
 from agent.releases import ReleaseRecord, ReleaseStatus, bake_status
+from agent.rollout.controller import ACTIVE
 
 STAGES = ("starting", "canaries", "baking", "good", "bad", "replaced")
 FINAL_STAGES = frozenset({"good", "bad", "replaced"})
@@ -40,6 +41,15 @@ def rollout_document(agent: Agent, tag: str | None = None) -> dict[str, Any] | N
         "desired_replicas": desired.replicas if desired else 0,
         "reason": record.reason,
     }
+    staged = agent.rollouts.store.history().get(record.tag) if agent.rollouts else None
+    if staged is not None:
+        doc["staged"] = {**staged.to_json(), "share": staged.share}
+    if staged is not None and staged.stage in ACTIVE:
+        doc["stage"] = "staged"
+        analysis = f" ({staged.analysis})" if staged.analysis and staged.stage == "traffic" else ""
+        doc["reason"] = staged.status + analysis
+        doc["traffic"] = _traffic(agent)
+        return doc
     if record.status is not ReleaseStatus.CANDIDATE or record.tag != current:
         doc["stage"] = finished_stage(record, current)
         doc["reason"] = record.reason or _replaced_reason(record, current)
@@ -74,6 +84,22 @@ def rollout_document(agent: Agent, tag: str | None = None) -> dict[str, Any] | N
         bake_left_s=round(max(0.0, agent.settings.bake_s - baked), 1),
     )
     return doc
+
+
+def _traffic(agent: Agent) -> dict[str, dict[str, Any]]:
+    """HAProxy's view per replica: weight, state, requests and 5xx since it started."""
+    balancer = agent.rollouts.balancer if agent.rollouts else None
+    if balancer is None:
+        return {}
+    return {
+        slot: {
+            "weight": s.weight,
+            "status": s.status,
+            "requests": s.total,
+            "responses_5xx": s.responses_5xx,
+        }
+        for slot, s in balancer.servers_by_slot().items()
+    }
 
 
 def finished_stage(record: ReleaseRecord, current: str | None) -> str:

@@ -140,7 +140,8 @@ def test_deploy_wait_prints_progress_lines_and_exits_0_when_good(
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == (
-        "deploying v2 as candidate (was v1); following it until it is good or bad "
+        "deploying v2 as candidate (was v1; all at once, then a bake); following it until it "
+        "is good or bad "
         "(Ctrl-C stops following, not the deploy)"
     )
     assert lines[1] == "v2 starting: 0 of 1 replicas ready"

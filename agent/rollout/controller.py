@@ -1,0 +1,605 @@
+"""Staged rollout: candidate replicas beside the stable ones, traffic shifted step by step.
+
+Stages (``Rollout.stage``)::
+
+    starting -> canary -> [load-test] -> traffic (step 0..n-1) -> promoting -> retiring -> done
+        any breach, failed canary, candidate that dies, or `warden deploy --abort`:
+                                         -> aborting (weight 0, drain) -> aborted
+
+- starting: the candidate's replicas (slots ``<service>-canary-N``) start with weight 0.
+- canary: the golden set must pass on every candidate replica, on a run started after it became
+  ready; a candidate with failing canaries never receives user traffic.
+- load-test (``--load-test``): a bounded load against one candidate replica alone, then one stable
+  replica under the same load; p95 ratio and error rate are compared with the same limits.
+- traffic: step i sends ``steps[i]`` % of requests to the candidate for ``step_duration``. Each
+  tick compares the candidate with stable on the traffic both answered since the step started
+  (``analysis.compare``) and re-checks the candidate's canaries. A step advances only once its
+  duration has passed *and* both sides answered enough requests to compare.
+- promoting: the candidate is marked good and becomes the service's release; the numbered slots
+  roll to it one at a time while the candidate replicas keep serving.
+- retiring: the candidate's own replicas get weight 0 and stop once HAProxy shows them idle.
+- aborting: candidate weight 0 at once (stable raised first), candidate marked bad, an alert with
+  the reason; its replicas stop once HAProxy shows no open connection to them (or after
+  ``drain_timeout``).
+
+The rollout is persisted on every change. An agent restarted mid-step *resumes*: weights are
+pushed again from the stored state on its first tick, the current step's clock and analysis
+window start again (the agent did not watch while it was down), and a load test that was
+running is run again. ``pause`` holds the weights and stops the step clock; analysis keeps
+running, so a breach still aborts a paused rollout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from agent.backends.base import ReleaseSpec
+from agent.collectors import MetricsSample, WindowStats, window_stats
+from agent.domain import ReplicaState
+from agent.errors import BackendError, WardenError
+from agent.observe import Observation, ReplicaView
+from agent.rollout.analysis import Limits, compare
+from agent.rollout.balancer import Balancer, Member, weights
+from agent.rollout.loadtest import LoadResult, run_load
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("starting", "canary", "load-test", "traffic", "promoting", "retiring", "aborting")
+DRAINING = ("retiring", "aborting")  # the candidate slots get weight 0 and stop once idle
+FINISHED = ("done", "aborted")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutSettings:
+    steps: tuple[int, ...] = (10, 50, 100)
+    step_duration_s: float = 120.0
+    start_timeout_s: float = 300.0  # candidate replicas must be ready within this
+    drain_timeout_s: float = 10.0
+    load_test_requests: int = 200
+    load_test_concurrency: int = 4
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rollout:
+    """One staged rollout as persisted (``StateStore`` kv ``rollout``)."""
+
+    candidate: str
+    stable: str
+    steps: tuple[int, ...]
+    step_duration_s: float
+    load_test: bool
+    replicas: int
+    stage: str
+    started_at: float
+    stage_since: float
+    step: int = -1  # index into steps; -1 before any traffic
+    step_clock_s: float = 0.0  # seconds of the current step watched, pauses excluded
+    paused: bool = False
+    furthest: int = 0  # the highest share (percent) the candidate reached
+    by: str = ""
+    note: str = ""
+    status: str = ""  # one sentence: what it is doing or why it stopped
+    finished_at: float | None = None
+    analysis: str = ""  # the latest comparison
+    load: Mapping[str, Any] = field(default_factory=dict)
+    # stable's traffic in the last step where it had enough: what the candidate is compared with
+    # once it takes (nearly) all traffic and stable answers too little to compare
+    reference: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def share(self) -> int:
+        """The candidate's traffic share (percent) the stage calls for."""
+        if self.stage == "traffic" and 0 <= self.step < len(self.steps):
+            return self.steps[self.step]
+        if self.stage == "promoting":
+            return 100
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["steps"] = list(self.steps)
+        data["load"] = dict(self.load)
+        data["reference"] = dict(self.reference)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Rollout:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["steps"] = tuple(int(s) for s in known.get("steps", ()))
+        return cls(**known)
+
+
+class RolloutStore:
+    """Where rollouts live: the current one and a short history, in the state database."""
+
+    def __init__(self, load: Callable[[str], dict[str, Any] | None], save: Callable[..., None]):
+        self._load, self._save = load, save
+
+    def current(self) -> Rollout | None:
+        data = self._load("rollout")
+        return None if not data or not data.get("candidate") else Rollout.from_json(data)
+
+    def put(self, rollout: Rollout) -> None:
+        self._save("rollout", rollout.to_json())
+        history = self._load("rollout_history") or {}
+        history[rollout.candidate] = rollout.to_json()
+        self._save("rollout_history", history)
+
+    def history(self) -> dict[str, Rollout]:
+        data = self._load("rollout_history") or {}
+        return {tag: Rollout.from_json(doc) for tag, doc in data.items()}
+
+
+@dataclass(slots=True)
+class Hooks:
+    """What the controller asks of the agent (events, alerts, release marks, the service's
+    release). Kept narrow so the controller is testable with plain functions."""
+
+    event: Callable[[str, str, str], None]  # kind, subject, message
+    alert: Callable[[str, str, str], None]  # rule, subject, summary
+    mark_bad: Callable[[str, str], None]  # tag, reason
+    promote: Callable[[str, str], None]  # tag, reason: mark good and make it the release
+    spec: Callable[[str], ReleaseSpec | None]
+    canary_texts: Callable[[], Sequence[str]]
+
+
+class Rollouts:
+    """Runs at most one staged rollout; ``tick`` is called by the agent under its lock."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        store: RolloutStore,
+        balancer: Balancer | None,
+        settings: RolloutSettings,
+        hooks: Hooks,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.balancer = balancer
+        self.settings = settings
+        self.hooks = hooks
+        self._baselines: dict[str, tuple[tuple[int | None, float | None], MetricsSample]] = {}
+        self._window_from: float | None = None  # when the current baselines were taken
+        self._clock_at: float | None = None  # the last tick that advanced the step clock
+        self._load: Future[tuple[LoadResult, LoadResult]] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warden-loadtest")
+        self._lock = threading.RLock()
+        self.problem = ""  # the balancer's last failure, "" when fine
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def current(self) -> Rollout | None:
+        rollout = self.store.current()
+        return rollout if rollout is not None and rollout.stage in ACTIVE else None
+
+    def candidate_slots(self, rollout: Rollout | None = None) -> list[str]:
+        rollout = rollout or self.current()
+        if rollout is None:
+            return []
+        return [f"{self.service}-canary-{i}" for i in range(1, rollout.replicas + 1)]
+
+    def extra_slots(self) -> dict[str, ReleaseSpec]:
+        """The candidate's slots for the reconciler (none once it is drained or finished)."""
+        rollout = self.current()
+        if rollout is None:
+            return {}
+        spec = self.hooks.spec(rollout.candidate)
+        if spec is None:
+            return {}
+        return dict.fromkeys(self.candidate_slots(rollout), spec)
+
+    # --- operator requests ------------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        candidate: str,
+        stable: str,
+        replicas: int,
+        steps: Sequence[int] | None,
+        step_duration_s: float | None,
+        load_test: bool,
+        by: str,
+        note: str,
+        now: float,
+    ) -> Rollout:
+        if self.balancer is None:
+            raise WardenError(
+                "a staged rollout needs HAProxy in front of the replicas: install haproxy "
+                "(Debian: apt-get install haproxy) and set balancer.kind: haproxy (warden up "
+                "starts it by itself when it is installed)"
+            )
+        if self.current() is not None:
+            active = self.current()
+            assert active is not None
+            raise WardenError(
+                f"rollout of {active.candidate} is in progress ({active.stage}); "
+                "`warden deploy --abort` or `--promote` it first"
+            )
+        if candidate == stable:
+            raise WardenError(f"{candidate} is already the current release")
+        steps = tuple(steps or self.settings.steps)
+        if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(steps):
+            raise WardenError(f"--steps must rise from above 0 to 100, e.g. 10,50,100; got {steps}")
+        if steps[-1] != 100:
+            steps = (*steps, 100)
+        rollout = Rollout(
+            candidate=candidate,
+            stable=stable,
+            steps=steps,
+            step_duration_s=step_duration_s or self.settings.step_duration_s,
+            load_test=load_test,
+            replicas=replicas,
+            stage="starting",
+            started_at=now,
+            stage_since=now,
+            by=by,
+            note=note,
+            status=f"starting {replicas} candidate replica(s) with no traffic",
+        )
+        self._reset_window()
+        self.store.put(rollout)
+        steps_text = ",".join(str(s) for s in steps)
+        self.hooks.event(
+            "rollout",
+            candidate,
+            f"staged rollout of {candidate} over {stable}: steps "
+            f"{steps_text} %, {rollout.step_duration_s:g} s each"
+            + (", load test first" if load_test else ""),
+        )
+        return rollout
+
+    def pause(self, now: float, *, on: bool) -> Rollout:
+        rollout = self._require()
+        if rollout.paused == on:
+            return rollout
+        rollout = replace(
+            rollout,
+            paused=on,
+            status=("paused by an operator: weights held, step clock stopped; analysis still "
+                    "aborts on a breach") if on else "resumed by an operator",
+        )  # fmt: skip
+        self._clock_at = None
+        self.store.put(rollout)
+        self.hooks.event("rollout", rollout.candidate, rollout.status)
+        return rollout
+
+    def abort(self, now: float, reason: str) -> Rollout:
+        return self._abort(self._require(), now, reason, operator=True)
+
+    def promote(self, now: float, reason: str = "promoted by an operator") -> Rollout:
+        rollout = self._require()
+        if rollout.stage in ("promoting", "aborting"):
+            raise WardenError(f"the rollout of {rollout.candidate} is already {rollout.stage}")
+        return self._promote(rollout, now, reason)
+
+    def _require(self) -> Rollout:
+        rollout = self.current()
+        if rollout is None:
+            raise WardenError("no staged rollout is in progress; `warden rollout` shows the last")
+        return rollout
+
+    # --- the tick ---------------------------------------------------------------------------------
+
+    def tick(self, obs: Observation, *, stable: str, now: float) -> list[str]:
+        """Advance the rollout (if any) and push weights to HAProxy. Returns problems."""
+        with self._lock:
+            rollout = self.current()
+            leaving: set[str] = set()
+            if rollout is not None:
+                rollout = self._advance(rollout, obs, stable, now)
+                if rollout.stage in DRAINING + FINISHED:
+                    leaving = set(self.candidate_slots(rollout))
+                if rollout.stage in FINISHED:
+                    rollout = None
+            return self._push_weights(obs, rollout, stable, leaving)
+
+    def _advance(self, r: Rollout, obs: Observation, stable: str, now: float) -> Rollout:
+        slots = self.candidate_slots(r)
+        views = [v for v in (obs.view(s) for s in slots) if v is not None]
+        if r.stage in DRAINING:
+            return self._drain(r, now)
+        if r.stage == "promoting":
+            return self._finish_promotion(r, obs, now)
+        if stable != r.stable:
+            return self._abort(r, now, f"the service's release changed to {stable} mid-rollout")
+        dead = _dead(views, obs)
+        if dead:
+            return self._abort(r, now, dead)
+        if r.stage == "starting":
+            ready = [v for v in views if v.replica.id in obs.ready_slots]
+            if len(ready) == len(slots):
+                return self._to(r, now, "canary", "candidate ready; running the golden set")
+            if now - r.stage_since > self.settings.start_timeout_s:
+                return self._abort(
+                    r, now, f"candidate not ready within {self.settings.start_timeout_s:g} s"
+                )
+            return r
+        failing = _canary_failures(views, since=r.stage_since if r.stage == "canary" else None)
+        if failing:
+            return self._abort(r, now, failing)
+        if r.stage == "canary":
+            return self._canary(r, obs, views, len(slots), now)
+        if r.stage == "load-test":
+            return self._check_load_test(r, obs, now)
+        return self._traffic(r, obs, now)
+
+    def _canary(
+        self, r: Rollout, obs: Observation, views: Sequence[ReplicaView], slots: int, now: float
+    ) -> Rollout:
+        """Every candidate replica passed a golden-set run started after it became ready."""
+        passed = len(views) == slots and all(
+            v.canary is not None and v.canary_at is not None and v.canary_at >= r.stage_since
+            for v in views
+        )
+        if not passed or r.paused:
+            return r
+        if r.load_test:
+            return self._start_load_test(r, obs, now)
+        return self._step(r, 0, now, "canaries pass")
+
+    def _traffic(self, r: Rollout, obs: Observation, now: float) -> Rollout:
+        candidate, stable = self._windows(r, obs)
+        if stable.requests >= self.settings.limits.min_requests:
+            r = replace(r, reference=asdict(stable))
+        elif r.reference:
+            stable = WindowStats(**r.reference)
+        verdict = compare(candidate, stable, self.settings.limits)
+        if verdict.breach:
+            return self._abort(replace(r, analysis=verdict.summary), now, verdict.breach)
+        if not r.paused and self._clock_at is not None:
+            r = replace(r, step_clock_s=r.step_clock_s + (now - self._clock_at))
+        self._clock_at = None if r.paused else now
+        r = replace(r, analysis=verdict.summary)
+        if r.paused or r.step_clock_s < r.step_duration_s or not verdict.enough:
+            if not verdict.enough and r.step_clock_s >= r.step_duration_s:
+                r = replace(r, status=f"step {r.steps[r.step]} %: held, too little traffic to "
+                            "compare yet")  # fmt: skip
+            self.store.put(r)  # the clock and the analysis line; cheap (one kv row)
+            return r
+        if r.step + 1 < len(r.steps):
+            return self._step(r, r.step + 1, now, f"step {r.steps[r.step]} % healthy")
+        return self._promote(r, now, f"healthy at every step ({verdict.summary})")
+
+    # --- transitions ------------------------------------------------------------------------------
+
+    def _to(self, r: Rollout, now: float, stage: str, status: str) -> Rollout:
+        r = replace(r, stage=stage, stage_since=now, status=status)
+        self.store.put(r)
+        self.hooks.event("rollout", r.candidate, status)
+        return r
+
+    def _step(self, r: Rollout, index: int, now: float, why: str) -> Rollout:
+        share = r.steps[index]
+        r = replace(
+            r,
+            stage="traffic",
+            step=index,
+            step_clock_s=0.0,
+            stage_since=now,
+            furthest=max(r.furthest, share),
+            status=f"{why}; step {index + 1}/{len(r.steps)}: {share} % of traffic to "
+            f"{r.candidate} for {r.step_duration_s:g} s",
+        )
+        self._reset_window()
+        self._clock_at = now
+        self.store.put(r)
+        self.hooks.event("rollout", r.candidate, r.status)
+        return r
+
+    def _promote(self, r: Rollout, now: float, reason: str) -> Rollout:
+        r = replace(
+            r,
+            stage="promoting",
+            stage_since=now,
+            furthest=100,
+            status=f"promoted: {reason}; rolling the stable replicas to {r.candidate}",
+        )
+        self.store.put(r)
+        self.hooks.promote(r.candidate, reason)
+        self.hooks.event("rollout", r.candidate, r.status)
+        return r
+
+    def _finish_promotion(self, r: Rollout, obs: Observation, now: float) -> Rollout:
+        main = [v for v in obs.views if not v.replica.id.startswith(f"{self.service}-canary-")]
+        balanced = self._balanced()
+        rolled = bool(main) and all(
+            v.replica.release == r.candidate
+            and v.replica.id in obs.ready_slots
+            and balanced.get(v.replica.id, True)
+            for v in main
+        )
+        if not rolled:
+            return r
+        return self._to(
+            r, now, "retiring", f"{r.candidate} serves all traffic from the service's replicas; "
+            "draining the candidate replicas",
+        )  # fmt: skip
+
+    def _abort(self, r: Rollout, now: float, reason: str, *, operator: bool = False) -> Rollout:
+        self._cancel_load_test()
+        at = f"at {r.steps[r.step]} % of traffic" if r.stage == "traffic" else f"in {r.stage}"
+        why = f"aborted {at}: {reason}"
+        r = replace(r, stage="aborting", stage_since=now, status=why, paused=False)
+        self.store.put(r)
+        self.hooks.mark_bad(r.candidate, f"staged rollout {why}")
+        self.hooks.event("rollout-aborted", r.candidate, why)
+        self.hooks.alert(
+            "rollout-aborted",
+            r.candidate,
+            f"rollout of {r.candidate} {why}" + (" (operator)" if operator else ""),
+        )
+        return r
+
+    def _drain(self, r: Rollout, now: float) -> Rollout:
+        """Aborting or retiring: the candidate slots have weight 0; they stop (the reconciler no
+        longer wants them) once HAProxy shows no open connection to them."""
+        counters = self.balancer.servers_by_slot() if self.balancer is not None else {}
+        busy = sum(counters[s].sessions for s in self.candidate_slots(r) if s in counters)
+        if busy and now - r.stage_since < self.settings.drain_timeout_s:
+            return r
+        r = replace(r, stage="aborted" if r.stage == "aborting" else "done", finished_at=now)
+        self.store.put(r)
+        return r
+
+    # --- load test --------------------------------------------------------------------------------
+
+    def _start_load_test(self, r: Rollout, obs: Observation, now: float) -> Rollout:
+        cand = next((v for v in obs.views if v.replica.id in self.candidate_slots(r)), None)
+        stab = next(
+            (v for v in obs.views
+             if v.replica.release == r.stable and v.replica.id in obs.ready_slots),
+            None,
+        )  # fmt: skip
+        if cand is None or stab is None:
+            return r
+        s = self.settings
+        texts = list(self.hooks.canary_texts())
+
+        def both() -> tuple[LoadResult, LoadResult]:
+            kw = {"requests": s.load_test_requests, "concurrency": s.load_test_concurrency}
+            return run_load(cand.replica.url, texts, **kw), run_load(stab.replica.url, texts, **kw)
+
+        self._load = self._pool.submit(both)
+        return self._to(
+            r, now, "load-test",
+            f"load test: {s.load_test_requests} requests at concurrency "
+            f"{s.load_test_concurrency} on the candidate alone, then on stable",
+        )  # fmt: skip
+
+    def _check_load_test(self, r: Rollout, obs: Observation, now: float) -> Rollout:
+        if self._load is None:  # an agent restarted mid-test: run it again
+            return self._start_load_test(r, obs, now)
+        if not self._load.done():
+            return r
+        try:
+            cand, stab = self._load.result()
+        except Exception as exc:  # noqa: BLE001 (a failed test is a verdict, not a crash)
+            self._load = None
+            return self._abort(r, now, f"load test could not run: {exc}")
+        self._load = None
+        r = replace(r, load={"candidate": cand.to_json(), "stable": stab.to_json()})
+        verdict = compare(_as_window(cand), _as_window(stab), self.settings.limits)
+        if verdict.breach:
+            return self._abort(r, now, f"load test: {verdict.breach}")
+        return self._step(r, 0, now, f"load test passed ({verdict.summary})")
+
+    def _cancel_load_test(self) -> None:
+        if self._load is not None:
+            self._load.cancel()
+            self._load = None
+
+    # --- windows and weights ----------------------------------------------------------------------
+
+    def _reset_window(self) -> None:
+        self._baselines.clear()
+        self._window_from = None
+
+    def _windows(self, r: Rollout, obs: Observation) -> tuple[WindowStats, WindowStats]:
+        """Candidate and stable traffic since the step started (per-replica baselines)."""
+        pairs: dict[str, list[tuple[MetricsSample, MetricsSample]]] = {"c": [], "s": []}
+        candidates = set(self.candidate_slots(r))
+        for v in obs.views:
+            if v.metrics is None:
+                continue
+            instance = (v.replica.pid, v.replica.started_at)
+            base = self._baselines.get(v.replica.id)
+            if base is None or base[0] != instance:
+                # First sight this step (or a restarted replica): its window starts now.
+                self._baselines[v.replica.id] = (instance, v.metrics)
+                continue
+            side = (
+                "c" if v.replica.id in candidates else "s" if v.replica.release == r.stable else ""
+            )
+            if side:
+                pairs[side].append((base[1], v.metrics))
+        return window_stats(pairs["c"]), window_stats(pairs["s"])
+
+    def _push_weights(
+        self, obs: Observation, r: Rollout | None, stable: str, leaving: set[str]
+    ) -> list[str]:
+        """Shares by release for the stage, split into weights; ``leaving`` slots get 0."""
+        if self.balancer is None:
+            return []
+        balanced = self._balanced()
+        members = [
+            Member(
+                slot=v.replica.id,
+                url=v.replica.url,
+                release=v.replica.release,
+                # HAProxy must see it up too: a share moved to a server its check still has
+                # down is a share with nowhere to go ("no server available", 503)
+                ready=v.replica.id in obs.ready_slots
+                and balanced.get(v.replica.id, False)
+                and v.replica.id not in leaving,
+            )
+            for v in obs.views
+            if v.replica.state not in (ReplicaState.STOPPED, ReplicaState.MISSING)
+        ]
+        shares: dict[str, float] = {stable: 100.0}
+        if r is not None and r.stage in ("promoting", "retiring"):
+            shares = {r.candidate: 100.0}
+        elif r is not None:
+            share = 0.0 if r.stage == "aborting" else float(r.share)
+            shares = {r.stable: 100.0 - share, r.candidate: share}
+        wanted = weights(members, shares)
+        wanted.update(dict.fromkeys(leaving & set(wanted), 0))
+        try:
+            changes = self.balancer.apply(members, wanted)
+        except BackendError as exc:
+            if str(exc) != self.problem:
+                log.error("haproxy: %s", exc)
+            self.problem = f"haproxy: {exc}"
+            return [self.problem]
+        if changes:
+            log.info("haproxy: %s", "; ".join(changes))
+        self.problem = ""
+        return []
+
+    def _balanced(self) -> dict[str, bool]:
+        """Per slot HAProxy serves: whether its own health check has it up."""
+        if self.balancer is None:
+            return {}
+        return {
+            slot: s.status.startswith("UP") for slot, s in self.balancer.servers_by_slot().items()
+        }
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _dead(views: Sequence[ReplicaView], obs: Observation) -> str:
+    for v in views:
+        if v.replica.state is ReplicaState.EXITED:
+            return obs.reasons.get(v.replica.id) or f"candidate replica {v.replica.id} exited"
+        if v.ready is not None and v.ready.permanent:
+            return f"candidate replica {v.replica.id} cannot load its model: {v.ready.reason}"
+    return ""
+
+
+def _canary_failures(views: Sequence[ReplicaView], *, since: float | None) -> str:
+    for v in views:
+        c = v.canary
+        if c is None or (since is not None and (v.canary_at or 0.0) < since):
+            continue
+        if c.failures:
+            wrong = ", ".join(i.name for i in c.items if not i.ok)[:200]
+            return f"candidate canaries failed on {v.replica.id}: {c.failures} wrong ({wrong})"
+    return ""
+
+
+def _as_window(result: LoadResult) -> WindowStats:
+    return WindowStats(
+        requests=result.requests,
+        errors=result.errors,
+        p50_ms=result.p50_ms,
+        p95_ms=result.p95_ms,
+    )
