@@ -16,7 +16,6 @@ from scipy.stats import fisher_exact
 
 from agent.collectors import WindowStats
 
-
 _ALONE_MIN_ERRORS = 3  # 5xx a candidate alone must show before its rate is judged
 
 
