@@ -64,7 +64,14 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "engine_problem": agent.mem.engine_problem or None,
         "service_signals": dict(obs.signals.get("service", {})) if obs is not None else {},
         "observed_at": obs.at if obs is not None else None,
+        "rollout": _rollout(agent),
     }
+
+
+def _rollout(agent: Agent) -> dict[str, Any] | None:
+    """The staged rollout in progress (``agent.rollout``), with the candidate's share; or None."""
+    current = agent.rollouts.current() if agent.rollouts is not None else None
+    return None if current is None else {**current.to_json(), "share": current.share}
 
 
 def release_json(r: ReleaseRecord) -> dict[str, Any]:

@@ -22,10 +22,12 @@ Stages (``Rollout.stage``)::
   the reason; its replicas stop once HAProxy shows no open connection to them (or after
   ``drain_timeout``).
 
-The rollout is persisted on every change. An agent restarted mid-step *resumes*: weights are
-pushed again from the stored state on its first tick, the current step's clock and analysis
-window start again (the agent did not watch while it was down), and a load test that was
-running is run again. ``pause`` holds the weights and stops the step clock; analysis keeps
+The rollout is persisted on every change (and the step clock every tick). An agent restarted
+mid-step *resumes*: HAProxy kept serving with the weights it had (it is its own daemon); the new
+agent adopts it and pushes the same weights from the stored state on its first tick; the step's
+clock goes on from its stored value, but its analysis window starts again (the agent did not
+watch while it was down), so the step passes only once both sides answered enough requests
+after the restart; a load test that was running is run again. ``pause`` holds the weights and stops the step clock; analysis keeps
 running, so a breach still aborts a paused rollout.
 """
 

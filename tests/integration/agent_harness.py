@@ -6,6 +6,7 @@ drive it only from outside, as an operator would: HTTP API, signals to processes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -196,7 +197,12 @@ def running_agent(
 
 
 def _kill_leftover_replicas(state: Path) -> None:
-    """Replicas survive a kill -9 of their agent by design; a test must not leak them."""
+    """Replicas (and HAProxy) survive a kill -9 of their agent by design; a test must not leak
+    them."""
+    pid_file = state / "haproxy" / "haproxy.pid"
+    if pid_file.exists():
+        with contextlib.suppress(psutil.Error, ValueError, IndexError):
+            psutil.Process(int(pid_file.read_text().split()[0])).kill()
     path = state / "replicas.json"
     if not path.exists():
         return
