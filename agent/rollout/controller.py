@@ -27,8 +27,10 @@ mid-step *resumes*: HAProxy kept serving with the weights it had (it is its own 
 agent adopts it and pushes the same weights from the stored state on its first tick; the step's
 clock goes on from its stored value, but its analysis window starts again (the agent did not
 watch while it was down), so the step passes only once both sides answered enough requests
-after the restart; a load test that was running is run again. ``pause`` holds the weights and stops the step clock; analysis keeps
-running, so a breach still aborts a paused rollout.
+after the restart; a load test that was running is run again.
+
+``pause`` holds the weights and stops the step clock; analysis keeps running, so a breach still
+aborts a paused rollout.
 """
 
 from __future__ import annotations
