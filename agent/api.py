@@ -148,7 +148,16 @@ def create_api(
 
     @app.get("/api/releases", dependencies=read)
     def releases() -> dict[str, Any]:
-        return {"releases": [release_json(r) for r in agent.store.releases()]}
+        staged = agent.rollouts.store.history() if agent.rollouts is not None else {}
+        out = []
+        for r in agent.store.releases():
+            doc = release_json(r)
+            rollout = staged.get(r.tag)
+            doc["rollout"] = (
+                None if rollout is None else {**rollout.to_json(), "share": rollout.share}
+            )
+            out.append(doc)
+        return {"releases": out}
 
     @app.get("/api/actions", dependencies=read)
     def actions(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:

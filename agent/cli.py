@@ -399,27 +399,38 @@ def releases(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fa
     if as_json:
         _print_json(doc)
         return
-    from agent.web.rollout import how_far_text
+    from agent.web.rollout import how_far_text, staged_how_far
 
     table = Table(box=None, pad_edge=False)
-    for col in ("RELEASE", "STATUS", "HOW FAR", "DEPLOYED", "MODEL/IMAGE", "REASON"):
+    for col in ("RELEASE", "STATUS", "HOW FAR", "DEPLOYED", "BY", "MODEL/IMAGE", "WHY / NOTE"):
         table.add_column(col)
     # A candidate that is not the newest release was replaced by a later deploy.
     newest = doc["releases"][0]["tag"] if doc["releases"] else None
     for r in doc["releases"]:
+        staged = r.get("rollout") or {}
+        how_far = how_far_text(
+            status=r["status"],
+            created_at=r["created_at"],
+            promoted_at=r["promoted_at"],
+            marked_bad_at=r["marked_bad_at"],
+            current=r["tag"] == newest,
+        )
+        if staged:
+            how_far = f"{staged_how_far(staged)}; {how_far}"
+        what = r["image"] or r["model"] or "(default)"
+        if staged.get("weights_sha256"):
+            what += f" sha256:{staged['weights_sha256'][:12]}"
+        why = r["reason"] or staged.get("status", "")
+        if staged.get("note"):
+            why = f"{why} [note: {staged['note']}]" if why else f"[note: {staged['note']}]"
         table.add_row(
             r["tag"],
             Text(r["status"], style=_STATUS_STYLE.get(r["status"], "")),
-            how_far_text(
-                status=r["status"],
-                created_at=r["created_at"],
-                promoted_at=r["promoted_at"],
-                marked_bad_at=r["marked_bad_at"],
-                current=r["tag"] == newest,
-            ),
+            how_far,
             _ago(r["created_at"]) + " ago",
-            r["image"] or r["model"] or "(default)",
-            r["reason"],
+            staged.get("by") or "",
+            what,
+            why,
         )
     _print_table(table)
 

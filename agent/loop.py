@@ -722,7 +722,11 @@ class Agent:
                         reason=rollout.status)  # fmt: skip
             return rollout.to_json()
 
-    def rollout_hooks(self, canary_texts: Callable[[], Sequence[str]]) -> Hooks:
+    def rollout_hooks(
+        self,
+        canary_texts: Callable[[], Sequence[str]],
+        describe: Callable[[str], str] = lambda _url: "",
+    ) -> Hooks:
         """What ``Rollouts`` needs from the agent (called at composition)."""
 
         def event(kind: str, subject: str, message: str) -> None:
@@ -757,6 +761,7 @@ class Agent:
             promote=promote,
             spec=spec,
             canary_texts=canary_texts,
+            describe=describe,
         )
 
     def rollback(self, to: str | None = None) -> dict[str, Any]:

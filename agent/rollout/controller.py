@@ -95,6 +95,7 @@ class Rollout:
     # stable's traffic in the last step where it had enough: what the candidate is compared with
     # once it takes (nearly) all traffic and stable answers too little to compare
     reference: Mapping[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""  # what the candidate's replica reports in /version
 
     @property
     def share(self) -> int:
@@ -151,6 +152,7 @@ class Hooks:
     promote: Callable[[str, str], None]  # tag, reason: mark good and make it the release
     spec: Callable[[str], ReleaseSpec | None]
     canary_texts: Callable[[], Sequence[str]]
+    describe: Callable[[str], str] = lambda _url: ""  # replica URL -> its weights' sha256
 
 
 class Rollouts:
@@ -321,6 +323,7 @@ class Rollouts:
         if r.stage == "starting":
             ready = [v for v in views if v.replica.id in obs.ready_slots]
             if len(ready) == len(slots):
+                r = replace(r, weights_sha256=self.hooks.describe(ready[0].replica.url))
                 return self._to(r, now, "canary", "candidate ready; running the golden set")
             if now - r.stage_since > self.settings.start_timeout_s:
                 return self._abort(

@@ -8,6 +8,7 @@ inputs to say where a release is on its way: starting replicas, waiting for cana
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from agent.loop import Agent
@@ -142,6 +143,18 @@ def how_far_text(
     if status == ReleaseStatus.BAD and marked_bad_at is not None:
         return f"reverted after {_span(marked_bad_at - created_at)}"
     return "rolling out" if current else "replaced before promotion"
+
+
+def staged_how_far(staged: Mapping[str, Any]) -> str:
+    """How far a staged rollout got, from its document: "aborted at 10 %", "100 % (done)"."""
+    furthest, stage = int(staged.get("furthest") or 0), str(staged.get("stage", ""))
+    if stage in ("aborted", "aborting"):
+        return f"aborted at {furthest} %" if furthest else "aborted before traffic"
+    if stage in ("done", "retiring", "promoting"):
+        return "staged to 100 %"
+    if furthest:
+        return f"staged, now {staged.get('share', furthest)} %"
+    return f"staged, {stage}"
 
 
 def _span(seconds: float) -> str:

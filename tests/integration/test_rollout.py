@@ -147,6 +147,14 @@ def test_a_healthy_candidate_goes_10_50_100_with_the_traffic_share_of_each_step(
         assert n >= 400 or percent == 100, (percent, n)
         assert abs(share * 100 - percent) <= 5, (percent, share, n)
     assert _served_by(agent, "v2")
+    history = {r["tag"]: r for r in agent.get("/api/releases")["releases"]}
+    staged = history["v2"]["rollout"]
+    assert (staged["note"], staged["furthest"], staged["stage"]) == (
+        "same model, new tag",
+        100,
+        "done",
+    )
+    assert staged["by"] and len(staged["weights_sha256"]) == 64
 
 
 def test_a_candidate_three_times_slower_is_stopped_at_the_first_step_without_a_failed_request(

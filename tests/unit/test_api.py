@@ -372,6 +372,7 @@ def test_status_document_describes_release_replicas_and_flags(agent: Agent) -> N
         "engine_problem": None,
         "service_signals": {"replicas_ready": 1.0},
         "observed_at": T0 + 1.0,
+        "rollout": None,
     }
 
 

@@ -363,3 +363,13 @@ def test_a_candidate_alone_is_judged_on_its_own_errors() -> None:
     assert compare(stats(60, errors=1), stats(0), Limits()).breach == ""
     assert "no stable traffic" in compare(stats(60, errors=6), stats(0), Limits()).breach
     assert compare(stats(60), stats(0), Limits()).enough
+
+
+def test_how_far_a_staged_rollout_got_in_words() -> None:
+    from agent.web.rollout import staged_how_far
+
+    assert staged_how_far({"stage": "aborted", "furthest": 10}) == "aborted at 10 %"
+    assert staged_how_far({"stage": "aborted", "furthest": 0}) == "aborted before traffic"
+    assert staged_how_far({"stage": "done", "furthest": 100}) == "staged to 100 %"
+    assert staged_how_far({"stage": "traffic", "furthest": 50, "share": 50}) == "staged, now 50 %"
+    assert staged_how_far({"stage": "canary", "furthest": 0}) == "staged, canary"
