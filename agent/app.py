@@ -130,8 +130,18 @@ def make_rollouts(cfg: WardenConfig, agent: Agent, canaries: Sequence[Canary]) -
         store=RolloutStore(agent.store.load_kv, agent.store.save_kv),
         balancer=balancer,
         settings=settings,
-        hooks=agent.rollout_hooks(lambda: texts),
+        hooks=agent.rollout_hooks(lambda: texts, weights_sha256),
     )
+
+
+def weights_sha256(url: str) -> str:
+    """The ``weights_sha256`` a replica reports in ``/version`` ("" when it does not say)."""
+    try:
+        body = httpx.get(url.rstrip("/") + "/version", timeout=5.0).json()
+    except (httpx.HTTPError, ValueError):
+        return ""
+    value = body.get("weights_sha256") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def settings_from(cfg: WardenConfig) -> AgentSettings:
