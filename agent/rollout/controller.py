@@ -494,7 +494,14 @@ class Rollouts:
             return self._abort(r, now, f"load test could not run: {exc}")
         self._load = None
         r = replace(r, load={"candidate": cand.to_json(), "stable": stab.to_json()})
-        verdict = compare(_as_window(cand), _as_window(stab), self.settings.limits)
+        limits = self.settings.limits
+        if cand.requests == 0 or (
+            cand.errors >= 3 and cand.errors / cand.requests > limits.max_error_delta
+        ):  # judged on its own too: a stable replica failing as much says nothing for it
+            return self._abort(
+                r, now, f"load test: candidate failed {cand.errors} of {cand.requests} requests"
+            )
+        verdict = compare(_as_window(cand), _as_window(stab), limits)
         if verdict.breach:
             return self._abort(r, now, f"load test: {verdict.breach}")
         return self._step(r, 0, now, f"load test passed ({verdict.summary})")

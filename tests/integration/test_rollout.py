@@ -132,7 +132,7 @@ def test_a_healthy_candidate_goes_10_50_100_with_the_traffic_share_of_each_step(
     agent: RunningAgent,
 ) -> None:
     with Traffic(_public(agent), threads=8) as traffic:
-        deploy(agent, "v2", steps=[10, 50, 100], note="same model, new tag")
+        deploy(agent, "v2", steps=[10, 50, 100], note="same model, new tag", load_test=True)
         doc = wait_finished(agent, "v2")
     assert doc["staged"]["stage"] == "done", doc
     assert doc["status"] == "good"
@@ -155,6 +155,9 @@ def test_a_healthy_candidate_goes_10_50_100_with_the_traffic_share_of_each_step(
         "done",
     )
     assert staged["by"] and len(staged["weights_sha256"]) == 64
+    load = staged["load"]  # before any user traffic: candidate alone, then stable, same load
+    assert load["candidate"]["requests"] == load["stable"]["requests"] == 200
+    assert load["candidate"]["errors"] == load["stable"]["errors"] == 0
 
 
 def test_a_candidate_three_times_slower_is_stopped_at_the_first_step_without_a_failed_request(

@@ -373,3 +373,16 @@ def test_how_far_a_staged_rollout_got_in_words() -> None:
     assert staged_how_far({"stage": "done", "furthest": 100}) == "staged to 100 %"
     assert staged_how_far({"stage": "traffic", "furthest": 50, "share": 50}) == "staged, now 50 %"
     assert staged_how_far({"stage": "canary", "furthest": 0}) == "staged, canary"
+
+
+def test_a_load_test_the_candidate_fails_aborts_before_any_traffic() -> None:
+    h = Harness(load_test_requests=20, load_test_concurrency=2)
+    h.start(load_test=True)
+    h.tick(T0 + 1)
+    assert h.tick(T0 + 2) == "load-test"  # canaries passed; nothing listens at the replica URLs
+    future = h.rollouts._load
+    assert future is not None
+    future.result(timeout=60)
+    assert h.tick(T0 + 3) == "aborting"
+    assert "load test" in h.alerts[0][2]
+    assert all(w.get("inference-canary-1", 0) == 0 for w in h.balancer.applied)
