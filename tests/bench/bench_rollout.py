@@ -40,33 +40,16 @@ sys.path.insert(0, str(REPO))
 
 from tests.bench.docs_section import write_marked_section  # noqa: E402
 from tests.integration.agent_harness import RunningAgent, running_agent  # noqa: E402
-from tests.integration.conftest import free_port  # noqa: E402
 from tests.integration.polling import wait_until  # noqa: E402
-from tests.integration.rollout_support import Traffic, cpu_quota  # noqa: E402
+from tests.integration.rollout_support import (  # noqa: E402
+    Traffic,
+    candidate_replica,
+    cpu_quota,
+    rollout_config,
+    wait_finished,
+)
 
 START, END = "<!-- bench-rollout:start -->", "<!-- bench-rollout:end -->"
-
-
-def rollout_doc(agent: RunningAgent, tag: str) -> dict[str, Any]:
-    try:
-        doc: dict[str, Any] = agent.get(f"/api/rollout?release={tag}")
-    except (httpx.HTTPError, ValueError):
-        return {}
-    return doc
-
-
-def wait_done(agent: RunningAgent, tag: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def done() -> bool:
-        doc = rollout_doc(agent, tag)
-        if (doc.get("staged") or {}).get("stage") in ("done", "aborted"):
-            found.update(doc)
-            return True
-        return False
-
-    wait_until(done, timeout=300, what=f"rollout of {tag}", logs=agent.logs)
-    return found
 
 
 def deploy(agent: RunningAgent, tag: str, **body: Any) -> None:
@@ -114,24 +97,10 @@ class WeightWatch:
             time.sleep(0.01)
 
 
-def candidate(agent: RunningAgent) -> tuple[int, int]:
-    found: list[tuple[int, int]] = []
-
-    def ready() -> bool:
-        for r in agent.status()["replicas"]:
-            if r["id"] == "inference-canary-1" and r["ready"] and r["pid"]:
-                found.append((r["pid"], int(r["url"].rsplit(":", 1)[1])))
-                return True
-        return False
-
-    wait_until(ready, timeout=180, what="candidate ready", logs=agent.logs)
-    return found[0]
-
-
 def full_rollout(agent: RunningAgent, public: str, tag: str) -> dict[str, Any]:
     with Traffic(public, threads=4) as traffic:
         deploy(agent, tag)
-        doc = wait_done(agent, tag)
+        doc = wait_finished(agent, tag)
     assert doc["staged"]["stage"] == "done", doc["staged"]
     return {"requests": len(traffic.seen), "failed": len(traffic.errors)}
 
@@ -141,11 +110,11 @@ def abort(agent: RunningAgent, public: str, tag: str) -> dict[str, Any]:
     with Traffic(public, threads=4) as traffic:
         deploy(agent, tag)
         assert agent.post("/api/rollout/pause", {}).status_code == 200
-        pid, port = candidate(agent)
+        pid, port = candidate_replica(agent, tag)
         with WeightWatch(sock, port) as watch, cpu_quota(pid, 0.1):
             slowed = time.time()
             assert agent.post("/api/rollout/resume", {}).status_code == 200
-            doc = wait_done(agent, tag)
+            doc = wait_finished(agent, tag)
             wait_until(lambda: watch.zero_at is not None, timeout=30, what="weight 0 seen")
     assert doc["staged"]["stage"] == "aborted", doc["staged"]
     events = agent.get("/api/events?limit=1000")["events"]
@@ -197,16 +166,7 @@ def main() -> None:
     rows_full, rows_abort = [], []
     with tempfile.TemporaryDirectory(prefix="warden-bench-rollout-") as tmp:
         root = Path(tmp)
-        extra = {
-            "backend": {
-                "kind": "process",
-                "replicas": 1,
-                "port": free_port(),
-                "extra_args": ["--threads", "1"],
-            },
-            "balancer": {"kind": "haproxy"},
-            "rollout": {"step_duration": args.step},
-        }
+        extra = rollout_config(args.step)
         with running_agent(root, extra=extra) as agent:
             agent.wait_serving("v1")
             public = f"http://127.0.0.1:{agent.server_port}"

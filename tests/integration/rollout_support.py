@@ -18,6 +18,10 @@ from typing import Any
 
 import httpx
 
+from tests.integration.agent_harness import RunningAgent
+from tests.integration.conftest import free_port
+from tests.integration.polling import wait_until
+
 
 @dataclass
 class Traffic:
@@ -115,11 +119,70 @@ def cpu_quota(pid: int, cpus: float) -> Iterator[Path]:
         group = parent / name
         group.mkdir()
         (group / "cpu.max").write_text(f"{int(period * cpus)} {period}")
-    (group / "cgroup.procs").write_text(str(pid))
     try:
+        (group / "cgroup.procs").write_text(str(pid))
         yield group
     finally:
         for task in (group / "cgroup.procs").read_text().split():
             with contextlib.suppress(OSError):  # already gone
                 (parent / "cgroup.procs").write_text(task)
         group.rmdir()
+
+
+def rollout_config(step: str) -> dict[str, Any]:
+    """``warden.yaml`` keys for an agent with HAProxy in front of real servers.
+
+    Servers run ``--threads 1``: two 2-thread torch pools on this 2-core machine make the newer
+    process look 2-3x slower, which is contention between the test's processes, not the release.
+    """
+    return {
+        "backend": {
+            "kind": "process",
+            "replicas": 1,
+            "port": free_port(),
+            "extra_args": ["--threads", "1"],
+        },
+        "balancer": {"kind": "haproxy"},
+        "rollout": {"step_duration": step, "drain_timeout": "10s"},
+    }
+
+
+def rollout_doc(agent: RunningAgent, tag: str) -> dict[str, Any]:
+    """``GET /api/rollout?release=TAG``; {} while the agent does not answer (restarting)."""
+    try:
+        doc: dict[str, Any] = agent.get(f"/api/rollout?release={tag}")
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return doc
+
+
+def wait_finished(agent: RunningAgent, tag: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Until the staged rollout of ``tag`` is done or aborted; its last rollout document."""
+    found: dict[str, Any] = {}
+
+    def finished() -> bool:
+        doc = rollout_doc(agent, tag)
+        if (doc.get("staged") or {}).get("stage") in ("done", "aborted"):
+            found.update(doc)
+            return True
+        return False
+
+    wait_until(finished, timeout=timeout, what=f"rollout of {tag} finished", logs=agent.logs)
+    return found
+
+
+def candidate_replica(agent: RunningAgent, tag: str) -> tuple[int, int]:
+    """``(pid, port)`` of release ``tag``'s candidate replica once it is ready (not the previous
+    rollout's, which may still be draining in the same slot)."""
+    found: list[tuple[int, int]] = []
+
+    def ready() -> bool:
+        for r in agent.status()["replicas"]:
+            mine = r["id"] == "inference-canary-1" and r["release"] == tag
+            if mine and r["ready"] and r["pid"]:
+                found.append((r["pid"], int(r["url"].rsplit(":", 1)[1])))
+                return True
+        return False
+
+    wait_until(ready, timeout=180, what="candidate replica ready", logs=agent.logs)
+    return found[0]

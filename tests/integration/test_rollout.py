@@ -21,9 +21,16 @@ import httpx
 import pytest
 
 from tests.integration.agent_harness import RunningAgent, running_agent, swapped_intents
-from tests.integration.conftest import free_port
 from tests.integration.polling import wait_until
-from tests.integration.rollout_support import Traffic, cpu_quota, step_starts
+from tests.integration.rollout_support import (
+    Traffic,
+    candidate_replica,
+    cpu_quota,
+    rollout_config,
+    rollout_doc,
+    step_starts,
+    wait_finished,
+)
 
 STEP_S = 10.0
 
@@ -31,17 +38,7 @@ STEP_S = 10.0
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
     root = tmp_path_factory.mktemp("rollout")
-    extra = {
-        "backend": {
-            "kind": "process",
-            "replicas": 1,
-            "port": free_port(),
-            "extra_args": ["--threads", "1"],
-        },
-        "balancer": {"kind": "haproxy"},
-        "rollout": {"step_duration": f"{STEP_S:g}s", "drain_timeout": "10s"},
-    }
-    with running_agent(root, extra=extra) as a:
+    with running_agent(root, extra=rollout_config(f"{STEP_S:g}s")) as a:
         a.wait_serving("v1")
         wait_until(lambda: _served_by(a, "v1"), timeout=30, what="HAProxy serving v1")
         yield a
@@ -67,50 +64,12 @@ def deploy(agent: RunningAgent, tag: str, **body: Any) -> dict[str, Any]:
     return doc
 
 
-def rollout(agent: RunningAgent, tag: str) -> dict[str, Any]:
-    """The rollout document of ``tag``; {} while the agent does not answer (restarting)."""
-    try:
-        doc: dict[str, Any] = agent.get(f"/api/rollout?release={tag}")
-    except (httpx.HTTPError, ValueError):
-        return {}
-    return doc
-
-
-def wait_finished(agent: RunningAgent, tag: str, timeout: float = 240.0) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def finished() -> bool:
-        doc = rollout(agent, tag)
-        staged = doc.get("staged") or {}
-        if staged.get("stage") in ("done", "aborted"):
-            found.update(doc)
-            return True
-        return False
-
-    wait_until(finished, timeout=timeout, what=f"rollout of {tag} finished", logs=agent.logs)
-    return found
-
-
 def wait_stage(agent: RunningAgent, tag: str, stage: str, share: int | None = None) -> None:
     def there() -> bool:
-        staged = rollout(agent, tag).get("staged") or {}
+        staged = rollout_doc(agent, tag).get("staged") or {}
         return staged.get("stage") == stage and (share is None or staged.get("share") == share)
 
     wait_until(there, timeout=180, what=f"{tag} in {stage} {share}", logs=agent.logs)
-
-
-def candidate_pid(agent: RunningAgent) -> int:
-    found: list[int] = []
-
-    def ready() -> bool:
-        for r in agent.status()["replicas"]:
-            if r["id"] == "inference-canary-1" and r["ready"] and r["pid"]:
-                found.append(r["pid"])
-                return True
-        return False
-
-    wait_until(ready, timeout=180, what="candidate replica ready", logs=agent.logs)
-    return found[0]
 
 
 def haproxy_weights(agent: RunningAgent) -> dict[str, int]:
@@ -167,7 +126,7 @@ def test_a_candidate_three_times_slower_is_stopped_at_the_first_step_without_a_f
     with Traffic(_public(agent), threads=3) as traffic:
         deploy(agent, "v3-slow", steps=[10, 50, 100])
         assert agent.post("/api/rollout/pause", {}).status_code == 200
-        with cpu_quota(candidate_pid(agent), 0.1):
+        with cpu_quota(candidate_replica(agent, "v3-slow")[0], 0.1):
             assert agent.post("/api/rollout/resume", {}).status_code == 200
             doc = wait_finished(agent, "v3-slow")
     staged = doc["staged"]
