@@ -93,15 +93,17 @@ def make_rollouts(cfg: WardenConfig, agent: Agent, canaries: Sequence[Canary]) -
     """Staged rollouts, with HAProxy started (or adopted) when the config uses it."""
     balancer = None
     if uses_haproxy(cfg):
-        if cfg.backend.kind != "process":
+        if cfg.backend.kind == "swarm":
             raise ConfigError(
-                ["balancer: kind haproxy is wired for the process backend; docker and swarm "
-                 "use the compose HAProxy service (docs/rollout.md)"]
+                ["balancer: kind haproxy is wired for the process and docker backends; swarm "
+                 "has no staged rollout yet (docs/rollout.md)"]
             )  # fmt: skip
+        lb = cfg.balancer
         process = HaproxyProcess(
-            directory=cfg.state_dir / "haproxy",
-            bind=f"{cfg.backend.host}:{cfg.backend.port}",
-            slots=cfg.balancer.slots,
+            directory=lb.directory or cfg.state_dir / "haproxy",
+            bind=lb.bind or f"{cfg.backend.host}:{cfg.backend.port}",
+            slots=lb.slots,
+            external=lb.external,  # docker-compose.yml's haproxy service (docs/docker.md)
         )
         balancer = HaproxyBalancer(process)
         try:

@@ -379,6 +379,11 @@ class BalancerSettings(_Section):
         BeforeValidator(choice("balancer kind", ("none", "haproxy", "auto"))),
     ] = "none"
     slots: int = Field(16, ge=2, le=256)  # servers HAProxy declares; replicas + candidates
+    # external: HAProxy runs elsewhere (docker-compose.yml's haproxy service) and starts with the
+    # config the agent writes into `directory`; the agent never starts or stops it.
+    external: bool = False
+    directory: Annotated[Path | None, AfterValidator(_resolve_optional)] = None  # state_dir/haproxy
+    bind: str = ""  # HAProxy's public address; default backend.host:backend.port
 
 
 class RolloutSettings(_Section):

@@ -18,7 +18,8 @@
 #   4. wheelhouse in $WARDEN_CACHE_DIR/wheels: every wheel the images need, from the host's pip.
 #   5. images (BuildKit, offline: `--network none`, `pip install --no-index`):
 #      warden-inference:good, :bad (canaries fail), :broken (cannot load its model),
-#      warden-agent:latest, warden-prometheus:local, warden-alertmanager:local.
+#      warden-agent:latest, warden-prometheus:local, warden-alertmanager:local,
+#      warden-haproxy:local (Debian's haproxy .debs, fetched once with `apt-get download`).
 #      An image is rebuilt only when the content hash of its sources (label warden.source-hash)
 #      differs from the one it was built from.
 #
@@ -419,6 +420,38 @@ step_images() {
     build "warden-$bin:local" "$h" "$bin" --build-arg "BASE_IMAGE=$BASE_IMAGE" --network none \
       -f "$REPO/deploy/$bin.Dockerfile" "$ctx"
   done
+
+  step_haproxy_image "$base_id"
+}
+
+# haproxy: Debian's package + the libraries the base image lacks, as .debs fetched once with
+# `apt-get download` into $CACHE/debs/haproxy (the build itself is offline: --network none).
+HAPROXY_DEBS=(haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1)
+haproxy_debs_present() {
+  local p
+  for p in "${HAPROXY_DEBS[@]}"; do compgen -G "$CACHE/debs/haproxy/${p}_*.deb" >/dev/null || return 1; done
+}
+step_haproxy_image() {
+  local base_id=$1 h ctx debs=$CACHE/debs/haproxy
+  if ! haproxy_debs_present; then
+    [ "$MODE" = check ] && { missing "HAProxy packages in $debs (apt-get download ${HAPROXY_DEBS[*]})"; return 0; }
+    mkdir -p "$debs"
+    say "image: apt-get download ${HAPROXY_DEBS[*]} into $debs"
+    (cd "$debs" && apt_run download "${HAPROXY_DEBS[@]}") ||
+      { apt_update && (cd "$debs" && apt_run download "${HAPROXY_DEBS[@]}"); } ||
+      die "apt-get download ${HAPROXY_DEBS[*]} failed (log: $CACHE/apt.log)" \
+        "check the Debian mirror in /etc/apt/sources.list*"
+  fi
+  h=$( { echo "$base_id"; (cd "$debs" && find . -name '*.deb' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+         hash_paths deploy/haproxy; } | sha256sum | cut -c1-16)
+  ctx=$CACHE/ctx/haproxy
+  if [ "$MODE" != check ] && ! up_to_date warden-haproxy:local "$h"; then
+    rm -rf "$ctx" && mkdir -p "$ctx/debs"
+    cp -a "$REPO/deploy/haproxy/." "$ctx/"
+    cp -al "$debs/." "$ctx/debs/" 2>/dev/null || cp -a "$debs/." "$ctx/debs/"
+  fi
+  build warden-haproxy:local "$h" haproxy --build-arg "BASE_IMAGE=$BASE_IMAGE" --network none \
+    -f "$ctx/Dockerfile" "$ctx"
 }
 
 # ---------------------------------------------------------------------------------------------- main

@@ -9,7 +9,9 @@ runtime API on the admin socket (``set server … addr``, ``weight``, ``enable/d
 reload, no dropped connection.
 
 HAProxy runs as its own daemon (``-D``) with a pid file next to the config, so it keeps serving
-while the agent restarts; a restarted agent adopts it through the socket.
+while the agent restarts; a restarted agent adopts it through the socket. ``external``: HAProxy is
+someone else's process (docker-compose.yml's ``haproxy`` service, sharing ``directory``): the agent
+only writes the config it starts (or reloads) with and waits for its socket.
 """
 
 from __future__ import annotations
@@ -109,6 +111,18 @@ class Runtime:
             return False
         return True
 
+    def worker_pid(self) -> str | None:
+        """The answering process's ``Pid`` (changes when HAProxy reloads); None when silent."""
+        try:
+            info = self.command("show info")
+        except BackendError:
+            return None
+        for line in info.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Pid":
+                return value.strip()
+        return ""
+
     def _ok(self, line: str) -> None:
         answer = self.command(line)
         # Success is an empty answer, or an informational one about an address/port change.
@@ -164,12 +178,16 @@ class HaproxyProcess:
         slots: int,
         binary: str = "haproxy",
         stop_on_close: bool = True,
+        external: bool = False,
+        external_timeout_s: float = 60.0,
     ) -> None:
         self.directory = directory
         self.bind = bind
         self.slots = slots
         self.binary = binary
-        self.stop_on_close = stop_on_close
+        self.external = external
+        self.external_timeout_s = external_timeout_s
+        self.stop_on_close = stop_on_close and not external
         self.config_path = directory / "haproxy.cfg"
         self.pid_path = directory / "haproxy.pid"
         self.runtime = Runtime(directory / "haproxy.sock")
@@ -189,10 +207,10 @@ class HaproxyProcess:
             self.adopted = True
             log.info("haproxy: adopted the running instance (pid %s)", self._pid())
             return self.runtime
+        if self.external:
+            return self._start_external(config)
         self.stop()  # a different config or a dead socket: start afresh
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(config)
-        os.replace(tmp, self.config_path)
+        self._write(config)
         binary = shutil.which(self.binary)
         if binary is None:
             raise BackendError(
@@ -211,6 +229,29 @@ class HaproxyProcess:
                 raise BackendError(f"haproxy started but {self.runtime.socket_path} never answered")
             time.sleep(0.05)
         log.info("haproxy: serving %s (pid %s)", self.bind, self._pid())
+        return self.runtime
+
+    def _write(self, config: str) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(config)
+        os.replace(tmp, self.config_path)
+
+    def _start_external(self, config: str) -> Runtime:
+        """Write the config an external HAProxy starts with (its entrypoint waits for the file
+        and reloads on a change), then wait for a fresh process to answer on the socket."""
+        before = self.runtime.worker_pid()  # the old worker's, when the config changed
+        self._write(config)
+        log.info("haproxy (external): wrote %s; waiting for its socket", self.config_path)
+        deadline = time.monotonic() + self.external_timeout_s
+        while (pid := self.runtime.worker_pid()) is None or (before and pid == before):
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"the external HAProxy did not answer on {self.runtime.socket_path} within "
+                    f"{self.external_timeout_s:.0f} s after the agent wrote {self.config_path} "
+                    "(is the haproxy service running with this directory mounted?)"
+                )
+            time.sleep(0.2)
+        log.info("haproxy (external): serving %s (pid %s)", self.bind, pid)
         return self.runtime
 
     def _config_unchanged(self, config: str) -> bool:
