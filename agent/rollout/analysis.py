@@ -3,7 +3,8 @@
 Each side's window is the ``/predict`` traffic its replicas answered since the step started
 (``collectors.window_stats``). A breach needs enough requests on both sides to mean anything:
 latency — candidate p95 above ``max_p95_ratio`` × stable p95 *and* at least ``min_p95_delta_ms``
-slower (histogram buckets are coarse at a few milliseconds); errors — candidate 5xx rate above
+slower (histogram buckets are coarse at a few milliseconds), or, on a fifth of the requests, a
+candidate median over twice that ratio (a gross regression); errors — candidate 5xx rate above
 stable's by more than ``max_error_delta`` and significant (one-sided Fisher exact test at
 ``error_alpha``), so one unlucky 500 at 10 % of traffic does not abort a release.
 """
@@ -41,6 +42,9 @@ def compare(candidate: WindowStats, stable: WindowStats, limits: Limits) -> Verd
     errors = _error_breach(candidate, stable, limits)
     if errors:  # errors need no latency sample: a candidate failing everything is judged at once
         return Verdict(breach=errors, enough=True, summary=summary)
+    gross = _gross_regression(candidate, stable, limits)
+    if gross:
+        return Verdict(breach=gross, enough=True, summary=summary)
     if stable.requests == 0 and candidate.requests >= limits.min_requests:
         return Verdict(
             breach="",
@@ -65,6 +69,27 @@ def compare(candidate: WindowStats, stable: WindowStats, limits: Limits) -> Verd
                 summary=summary,
             )
     return Verdict(breach="", enough=True, summary=summary)
+
+
+def _gross_regression(candidate: WindowStats, stable: WindowStats, limits: Limits) -> str:
+    """A candidate whose *median* is over twice the p95 limit is judged on a fifth of the
+    requests: at 10 % of traffic a very slow candidate answers slowly, so waiting for
+    ``min_requests`` of its answers is what would take longest. The median, unlike the p95 of a
+    few answers, does not move for one slow first request."""
+    needed = max(5, limits.min_requests // 5)
+    c50, s50 = candidate.p50_ms, stable.p50_ms
+    if candidate.requests < needed or stable.requests < limits.min_requests:
+        return ""
+    if c50 is None or s50 is None or s50 <= 0:
+        return ""
+    ratio = c50 / s50
+    if ratio <= 2 * limits.max_p95_ratio or c50 - s50 < limits.min_p95_delta_ms:
+        return ""
+    return (
+        f"candidate median {c50:.0f} ms is {ratio:.1f}x stable's {s50:.0f} ms (over "
+        f"{2 * limits.max_p95_ratio:g}x: judged early) over {candidate.requests} vs "
+        f"{stable.requests} requests"
+    )
 
 
 def _error_breach(candidate: WindowStats, stable: WindowStats, limits: Limits) -> str:

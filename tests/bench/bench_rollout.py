@@ -232,9 +232,11 @@ HAProxy hop (one keep-alive client, 500 `/health` and 100 `/predict` each way, i
 |---|---|---|---|
 {hop_rows}
 
-"Slowed -> weight 0" is mostly waiting for evidence: at 10 % of traffic the candidate needs
-`min_requests` (50) answers before its p95 is compared; the decision itself is pushed to HAProxy
-in the same tick.
+"Slowed -> weight 0" is mostly waiting for evidence: at 10 % of traffic the slow candidate must
+answer enough requests (`min_requests`, 50, for the p95 test; a fifth of that when its median is
+over 4x stable's) while each of its answers takes seconds; the decision itself reaches HAProxy in
+the same tick. The hop is measured on `/health`; on `/predict` the model's time and this load's
+noise are far larger than the hop (a negative "added" figure is that noise).
 {END}"""
 
 

@@ -271,7 +271,7 @@ def test_a_slow_candidate_is_stopped_at_the_first_step_and_drained() -> None:
         stage = h.tick(now, traffic=400)
     assert stage == "aborting"
     assert h.candidate_share() == 0.0  # weight 0 in the tick that saw the breach
-    assert "p95" in h.alerts[0][2] and "at 10 %" in h.alerts[0][2]
+    assert "median" in h.alerts[0][2] and "at 10 %" in h.alerts[0][2]  # 10x: judged early
     h.balancer.sessions = {"inference-canary-1": 2}  # still answering requests: keep it
     assert h.tick(now + 1) == "aborting"
     h.balancer.sessions = {"inference-canary-1": 0}
@@ -386,3 +386,19 @@ def test_a_load_test_the_candidate_fails_aborts_before_any_traffic() -> None:
     assert h.tick(T0 + 3) == "aborting"
     assert "load test" in h.alerts[0][2]
     assert all(w.get("inference-canary-1", 0) == 0 for w in h.balancer.applied)
+
+
+def test_a_gross_regression_is_judged_on_its_median_with_fewer_requests() -> None:
+    slow = WindowStats(requests=12, errors=0, p50_ms=900.0, p95_ms=1500.0)
+    fast = WindowStats(requests=400, errors=0, p50_ms=30.0, p95_ms=60.0)
+    assert "median 900 ms" in compare(slow, fast, Limits()).breach
+    # one slow first answer among fast ones moves the p95 of 12, not the median: no verdict yet
+    cold = WindowStats(requests=12, errors=0, p50_ms=35.0, p95_ms=700.0)
+    assert compare(cold, fast, Limits()).breach == ""
+    # 3x on the median is not gross: it waits for min_requests and the p95 test
+    assert (
+        compare(
+            WindowStats(requests=12, errors=0, p50_ms=90.0, p95_ms=120.0), fast, Limits()
+        ).breach
+        == ""
+    )
