@@ -72,6 +72,27 @@ def wait_stage(agent: RunningAgent, tag: str, stage: str, share: int | None = No
     wait_until(there, timeout=180, what=f"{tag} in {stage} {share}", logs=agent.logs)
 
 
+def hold_for_answers(
+    agent: RunningAgent, traffic: Traffic, tag: str, percent: int, answers: int
+) -> None:
+    """Pause the rollout at its ``percent`` step until ``traffic`` got ``answers`` in that step.
+
+    A step is timed, and how many requests fit in it depends on how busy the machine is; a
+    paused step keeps its weights and its clock stops, so the share is measured on enough
+    requests whatever the machine's speed.
+    """
+    wait_stage(agent, tag, "traffic", share=percent)
+    assert agent.post("/api/rollout/pause", {}).status_code == 200
+    events = agent.get("/api/events?limit=1000")["events"]
+    start = [t for t, p in step_starts(events, tag) if p == percent][-1]
+    wait_until(
+        lambda: traffic.share(tag, start + 0.5, time.time())[1] >= answers,
+        timeout=180,
+        what=f"{answers} answers at the {percent} % step",
+    )
+    assert agent.post("/api/rollout/resume", {}).status_code == 200
+
+
 def haproxy_weights(agent: RunningAgent) -> dict[str, int]:
     """Weights of the servers in use, read from HAProxy itself (admin socket)."""
     path = agent.root / "state" / "haproxy" / "haproxy.sock"
@@ -92,6 +113,8 @@ def test_a_healthy_candidate_goes_10_50_100_with_the_traffic_share_of_each_step(
 ) -> None:
     with Traffic(_public(agent), threads=8) as traffic:
         deploy(agent, "v2", steps=[10, 50, 100], note="same model, new tag", load_test=True)
+        for percent in (10, 50):  # each step holds until the client saw 400 answers in it
+            hold_for_answers(agent, traffic, "v2", percent, answers=420)
         doc = wait_finished(agent, "v2")
     assert doc["staged"]["stage"] == "done", doc
     assert doc["status"] == "good"
