@@ -353,6 +353,15 @@ def status(config: ConfigOpt = None, api: ApiOpt = None, as_json: JsonOpt = Fals
     ]
     if service:
         out.print("service: " + ", ".join(service), markup=False, highlight=False)
+    rollout = doc.get("rollout")
+    if rollout:
+        paused = ", PAUSED" if rollout["paused"] else ""
+        out.print(
+            f"rollout: {rollout['candidate']} over {rollout['stable']}, {rollout['stage']} "
+            f"({rollout['share']} % of traffic{paused}): {rollout['status']}",
+            markup=False,
+            highlight=False,
+        )
     table = Table(box=None, pad_edge=False)
     for col in (
         "REPLICA",

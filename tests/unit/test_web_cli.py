@@ -274,3 +274,39 @@ def test_top_level_help_documents_exit_codes_and_completion(runner: CliRunner) -
     text = " ".join(result.stdout.split())
     assert "Exit codes: 0 ok; 1 the operation failed or found problems; 2 bad usage;" in text
     assert "--install-completion" in text
+
+
+def test_a_staged_deploy_from_the_cli_pause_status_and_releases(
+    runner: CliRunner,
+    agent: Agent,  # noqa: F811
+    served: list[Hook],
+) -> None:
+    from agent.rollout.controller import Rollouts, RolloutSettings, RolloutStore
+    from tests.unit.test_rollout import FakeBalancer
+
+    agent.rollouts = Rollouts(
+        service="inference",
+        store=RolloutStore(agent.store.load_kv, agent.store.save_kv),
+        balancer=FakeBalancer(),
+        settings=RolloutSettings(),
+        hooks=agent.rollout_hooks(lambda: ["hello"]),
+    )
+    ticks(agent, 2)
+
+    deployed = runner.invoke(app, ["deploy", "v2", "--steps", "10,100", "--note", "try it"])
+    assert deployed.exit_code == 0, deployed.output
+    assert "staged rollout, steps 10,100 %" in deployed.stdout
+    paused = runner.invoke(app, ["deploy", "--pause"])
+    assert paused.exit_code == 0, paused.output
+    assert paused.stdout.startswith("v2: paused by an operator")
+    status = runner.invoke(app, ["status"])
+    assert "rollout: v2 over v1, starting (0 % of traffic, PAUSED)" in status.stdout
+    releases = runner.invoke(app, ["releases"])
+    row = next(line for line in releases.stdout.splitlines() if line.startswith("v2"))
+    assert "staged, starting" in row and "default" in row  # who asked: the token's name
+    listed = json.loads(runner.invoke(app, ["releases", "--json"]).stdout)["releases"]
+    assert next(r for r in listed if r["tag"] == "v2")["rollout"]["note"] == "try it"
+    both = runner.invoke(app, ["deploy", "--pause", "--abort"])
+    assert both.exit_code == 2
+    again = runner.invoke(app, ["deploy", "v3", "--steps", "50,100"])
+    assert again.exit_code == 1 and "in progress" in again.stderr
