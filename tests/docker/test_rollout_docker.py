@@ -16,18 +16,23 @@ server slows all of them.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from tests.docker.conftest import REPO
+from agent.rollout.haproxy import HaproxyProcess
+from tests.docker.conftest import REPO, SESSION_ID, TEST_LABEL
 from tests.docker.test_compose import START_TIMEOUT_S, _compose, _ours
 from tests.integration.polling import wait_until
 from tests.integration.rollout_support import Traffic, step_starts
@@ -143,6 +148,42 @@ def stack(
             container.remove(force=True, v=True)
         _compose(env, project, "down", "-v", "--remove-orphans", timeout=120)
     assert _ours(docker_client) == []
+
+
+def test_the_external_haproxy_starts_with_the_agents_config_is_adopted_and_reloads(
+    docker_client: Any,
+) -> None:
+    """balancer.external against the real image, without compose: the agent's first start writes
+    the config the container waits for; a second agent adopts it; another slot count is a reload
+    (a new worker answers with six servers); close() leaves it running."""
+    directory = Path(tempfile.mkdtemp(prefix="wlb-"))  # short: a unix socket path is <108 bytes
+    os.chown(directory, 10001, 10001)  # the image's user writes its socket here
+    container = docker_client.containers.run(
+        "warden-haproxy:local",
+        detach=True,
+        network_mode="none",
+        environment={"WARDEN_HAPROXY_CONFIG": str(directory / "haproxy.cfg")},
+        volumes={str(directory): {"bind": str(directory), "mode": "rw"}},
+        labels={TEST_LABEL: SESSION_ID},
+    )
+    try:
+        first = HaproxyProcess(directory=directory, bind="0.0.0.0:8080", slots=4, external=True)
+        runtime = first.start()
+        pid = runtime.worker_pid()
+        assert pid and sorted(runtime.servers()) == ["s1", "s2", "s3", "s4"]
+        again = HaproxyProcess(directory=directory, bind="0.0.0.0:8080", slots=4, external=True)
+        assert again.start().worker_pid() == pid and again.adopted
+        wider = HaproxyProcess(directory=directory, bind="0.0.0.0:8080", slots=6, external=True)
+        runtime = wider.start()
+        assert runtime.worker_pid() not in (None, pid)
+        assert len(runtime.servers()) == 6
+        wider.close()
+        assert runtime.answers()  # never stopped by the agent
+        container.reload()
+        assert container.status == "running"
+    finally:
+        container.remove(force=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _canaries(docker_client: Any) -> list[Any]:
