@@ -720,6 +720,9 @@ class Agent:
                 raise WardenError(f"unknown rollout command {command!r}")
             self._audit("rollout-" + command, subject=rollout.candidate, by=by,
                         reason=rollout.status)  # fmt: skip
+            obs = self.mem.last_observation
+            if obs is not None and command in ("abort", "promote"):  # weights now, not next tick
+                self.rollouts.tick(obs, stable=self._desired().release, now=now)
             return rollout.to_json()
 
     def rollout_hooks(
@@ -768,6 +771,13 @@ class Agent:
         """Revert to ``to`` or to the newest good release that is not the current one."""
         with self.lock:
             now = self.clock.now()
+            staged = self.rollouts.current() if self.rollouts is not None else None
+            if staged is not None and staged.stage not in ("promoting", "retiring", "aborting"):
+                raise WardenError(
+                    f"a staged rollout of {staged.candidate} is in progress ({staged.stage}); "
+                    "`warden deploy --abort` sends its traffic back to "
+                    f"{staged.stable} and marks it bad"
+                )
             desired = self._desired()
             target = to or choose_revert_target(self.store.releases(), desired.release)
             if target is None:

@@ -71,12 +71,16 @@ def plan(
         if current.state is ReplicaState.STOPPED and slot not in desired.extra:
             continue  # stopped by a person; the agent's own extra slots it starts again
         why = _replace_reason(current, release, generation)
+        if not why and slot in desired.extra and current.state in _GONE:
+            # no rule watches a rollout's candidate slots: the reconciler brings them back
+            why = f"extra slot is {current.state.value}"
         if not why:
             continue
         if slot not in ready:  # not serving anyway: replacing it costs nothing
             steps.append(Step(kind="replace", slot=slot, reason=why))
             continue
-        others_ready = all(s in ready for s in wanted if s != slot)
+        # the service's own slots: a candidate slot that is down must not hold them back
+        others_ready = all(s in ready for s in wanted if s != slot and s not in desired.extra)
         if replacing == 0 and others_ready:
             steps.append(Step(kind="replace", slot=slot, reason=why))
             replacing += 1
@@ -86,6 +90,9 @@ def plan(
         if r.id not in wanted and r.state is not ReplicaState.STOPPED
     )
     return steps
+
+
+_GONE = (ReplicaState.STOPPED, ReplicaState.EXITED)
 
 
 def _replace_reason(current: Replica, release: str, generation: int) -> str:

@@ -17,7 +17,7 @@ from scipy.stats import fisher_exact
 
 from agent.collectors import WindowStats
 
-_ALONE_MIN_ERRORS = 3  # 5xx a candidate alone must show before its rate is judged
+_MIN_ERRORS = 3  # 5xx a candidate must show before its error rate is judged at all
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,11 +97,9 @@ def _error_breach(candidate: WindowStats, stable: WindowStats, limits: Limits) -
         return ""
     c_rate = candidate.errors / candidate.requests
     s_rate = stable.errors / stable.requests if stable.requests else 0.0
-    if c_rate - s_rate <= limits.max_error_delta:
-        return ""
+    if c_rate - s_rate <= limits.max_error_delta or candidate.errors < _MIN_ERRORS:
+        return ""  # one or two 500s against a large stable sample pass Fisher; not evidence
     if stable.requests == 0:  # nothing to compare with (the candidate takes all traffic)
-        if candidate.errors < _ALONE_MIN_ERRORS:
-            return ""
         return (
             f"candidate 5xx rate {c_rate:.1%} ({candidate.errors}/{candidate.requests}) with no "
             f"stable traffic to compare (limit {limits.max_error_delta:.1%})"

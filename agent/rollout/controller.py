@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -48,7 +48,7 @@ from agent.domain import ReplicaState
 from agent.errors import BackendError, WardenError
 from agent.observe import Observation, ReplicaView
 from agent.rollout.analysis import Limits, compare
-from agent.rollout.balancer import Balancer, Member, weights
+from agent.rollout.balancer import Balancer, Member, reachable, weights
 from agent.rollout.loadtest import LoadResult, run_load
 
 log = logging.getLogger(__name__)
@@ -130,15 +130,21 @@ class RolloutStore:
         data = self._load("rollout")
         return None if not data or not data.get("candidate") else Rollout.from_json(data)
 
-    def put(self, rollout: Rollout) -> None:
+    def put(self, rollout: Rollout, *, history_too: bool = True) -> None:
         self._save("rollout", rollout.to_json())
+        if not history_too:  # the per-tick clock and analysis line: the current rollout only
+            return
         history = self._load("rollout_history") or {}
         history[rollout.candidate] = rollout.to_json()
         self._save("rollout_history", history)
 
     def history(self) -> dict[str, Rollout]:
         data = self._load("rollout_history") or {}
-        return {tag: Rollout.from_json(doc) for tag, doc in data.items()}
+        out = {tag: Rollout.from_json(doc) for tag, doc in data.items()}
+        current = self.current()
+        if current is not None:  # fresher than its history entry between transitions
+            out[current.candidate] = current
+        return out
 
 
 @dataclass(slots=True)
@@ -176,6 +182,7 @@ class Rollouts:
         self._window_from: float | None = None  # when the current baselines were taken
         self._clock_at: float | None = None  # the last tick that advanced the step clock
         self._load: Future[tuple[LoadResult, LoadResult]] | None = None
+        self._load_cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warden-loadtest")
         self._lock = threading.RLock()
         self.problem = ""  # the balancer's last failure, "" when fine
@@ -279,18 +286,30 @@ class Rollouts:
         return rollout
 
     def abort(self, now: float, reason: str) -> Rollout:
-        return self._abort(self._require(), now, reason, operator=True)
+        rollout = self._require()
+        if rollout.stage in ("promoting", "retiring", "aborting"):
+            raise WardenError(
+                f"{rollout.candidate} is already {rollout.stage}; "
+                + ("`warden rollback` reverts a promoted release" if rollout.stage != "aborting"
+                   else "it is being drained")
+            )  # fmt: skip
+        return self._abort(rollout, now, reason, operator=True)
 
     def promote(self, now: float, reason: str = "promoted by an operator") -> Rollout:
         rollout = self._require()
-        if rollout.stage in ("promoting", "aborting"):
+        if rollout.stage in ("promoting", "retiring", "aborting"):
             raise WardenError(f"the rollout of {rollout.candidate} is already {rollout.stage}")
+        if rollout.stage in ("starting", "canary"):
+            raise WardenError(
+                f"{rollout.candidate} has not passed its canaries yet ({rollout.stage}); "
+                "promote it once it serves traffic, or --abort"
+            )
         return self._promote(rollout, now, reason)
 
     def _require(self) -> Rollout:
         rollout = self.current()
         if rollout is None:
-            raise WardenError("no staged rollout is in progress; `warden rollout` shows the last")
+            raise WardenError("no staged rollout is in progress; `warden releases` shows past ones")
         return rollout
 
     # --- the tick ---------------------------------------------------------------------------------
@@ -298,6 +317,7 @@ class Rollouts:
     def tick(self, obs: Observation, *, stable: str, now: float) -> list[str]:
         """Advance the rollout (if any) and push weights to HAProxy. Returns problems."""
         with self._lock:
+            self._sync(obs)
             rollout = self.current()
             leaving: set[str] = set()
             if rollout is not None:
@@ -311,17 +331,28 @@ class Rollouts:
     def _advance(self, r: Rollout, obs: Observation, stable: str, now: float) -> Rollout:
         slots = self.candidate_slots(r)
         views = [v for v in (obs.view(s) for s in slots) if v is not None]
-        if r.stage in DRAINING:
+        if r.stage == "aborting":
+            return self._drain(r, now)
+        if r.stage in ("promoting", "retiring") and stable != r.candidate:
+            return self._abort(
+                r, now, f"the service's release changed to {stable} after promotion", blame=False
+            )
+        if r.stage == "retiring":
             return self._drain(r, now)
         if r.stage == "promoting":
             return self._finish_promotion(r, obs, now)
         if stable != r.stable:
-            return self._abort(r, now, f"the service's release changed to {stable} mid-rollout")
+            return self._abort(
+                r, now, f"the service's release changed to {stable} mid-rollout", blame=False
+            )
         dead = _dead(views, obs)
         if dead:
             return self._abort(r, now, dead)
         if r.stage == "starting":
-            ready = [v for v in views if v.replica.id in obs.ready_slots]
+            ready = [
+                v for v in views
+                if v.replica.id in obs.ready_slots and v.replica.release == r.candidate
+            ]  # fmt: skip
             if len(ready) == len(slots):
                 r = replace(r, weights_sha256=self.hooks.describe(ready[0].replica.url))
                 return self._to(r, now, "canary", "candidate ready; running the golden set")
@@ -355,7 +386,7 @@ class Rollouts:
 
     def _traffic(self, r: Rollout, obs: Observation, now: float) -> Rollout:
         candidate, stable = self._windows(r, obs)
-        if stable.requests >= self.settings.limits.min_requests:
+        if stable.requests >= self.settings.limits.min_requests and r.share < 100:
             r = replace(r, reference=asdict(stable))
         elif r.reference:
             stable = WindowStats(**r.reference)
@@ -370,7 +401,7 @@ class Rollouts:
             if not verdict.enough and r.step_clock_s >= r.step_duration_s:
                 r = replace(r, status=f"step {r.steps[r.step]} %: held, too little traffic to "
                             "compare yet")  # fmt: skip
-            self.store.put(r)  # the clock and the analysis line; cheap (one kv row)
+            self.store.put(r, history_too=False)  # the clock and analysis line: one kv row
             return r
         if r.step + 1 < len(r.steps):
             return self._step(r, r.step + 1, now, f"step {r.steps[r.step]} % healthy")
@@ -421,7 +452,7 @@ class Rollouts:
         rolled = bool(main) and all(
             v.replica.release == r.candidate
             and v.replica.id in obs.ready_slots
-            and balanced.get(v.replica.id, True)
+            and balanced.get(v.replica.id, False)
             for v in main
         )
         if not rolled:
@@ -431,13 +462,18 @@ class Rollouts:
             "draining the candidate replicas",
         )  # fmt: skip
 
-    def _abort(self, r: Rollout, now: float, reason: str, *, operator: bool = False) -> Rollout:
+    def _abort(
+        self, r: Rollout, now: float, reason: str, *, operator: bool = False, blame: bool = True
+    ) -> Rollout:
+        """Candidate weight 0 (this tick's push), marked bad unless the cause was not its own
+        (``blame=False``: the service's release changed under the rollout), alert."""
         self._cancel_load_test()
         at = f"at {r.steps[r.step]} % of traffic" if r.stage == "traffic" else f"in {r.stage}"
         why = f"aborted {at}: {reason}"
         r = replace(r, stage="aborting", stage_since=now, status=why, paused=False)
         self.store.put(r)
-        self.hooks.mark_bad(r.candidate, f"staged rollout {why}")
+        if blame:
+            self.hooks.mark_bad(r.candidate, f"staged rollout {why}")
         self.hooks.event("rollout-aborted", r.candidate, why)
         self.hooks.alert(
             "rollout-aborted",
@@ -450,7 +486,9 @@ class Rollouts:
         """Aborting or retiring: the candidate slots have weight 0; they stop (the reconciler no
         longer wants them) once HAProxy shows no open connection to them."""
         counters = self.balancer.servers_by_slot() if self.balancer is not None else {}
-        busy = sum(counters[s].sessions for s in self.candidate_slots(r) if s in counters)
+        leaving = self.candidate_slots(r)
+        unknown = self.balancer is not None and any(s not in counters for s in leaving)
+        busy = unknown or any(counters[s].sessions > 0 for s in leaving if s in counters)
         if busy and now - r.stage_since < self.settings.drain_timeout_s:
             return r
         r = replace(r, stage="aborted" if r.stage == "aborting" else "done", finished_at=now)
@@ -471,9 +509,12 @@ class Rollouts:
         s = self.settings
         texts = list(self.hooks.canary_texts())
 
+        cancel = self._load_cancel = threading.Event()
+
         def both() -> tuple[LoadResult, LoadResult]:
             kw = {"requests": s.load_test_requests, "concurrency": s.load_test_concurrency}
-            return run_load(cand.replica.url, texts, **kw), run_load(stab.replica.url, texts, **kw)
+            first = run_load(cand.replica.url, texts, cancel=cancel, **kw)
+            return first, run_load(stab.replica.url, texts, cancel=cancel, **kw)
 
         self._load = self._pool.submit(both)
         return self._to(
@@ -507,6 +548,8 @@ class Rollouts:
         return self._step(r, 0, now, f"load test passed ({verdict.summary})")
 
     def _cancel_load_test(self) -> None:
+        """Stop a running load test (its requests stop at once; the thread returns)."""
+        self._load_cancel.set()
         if self._load is not None:
             self._load.cancel()
             self._load = None
@@ -537,14 +580,10 @@ class Rollouts:
                 pairs[side].append((base[1], v.metrics))
         return window_stats(pairs["c"]), window_stats(pairs["s"])
 
-    def _push_weights(
-        self, obs: Observation, r: Rollout | None, stable: str, leaving: set[str]
-    ) -> list[str]:
-        """Shares by release for the stage, split into weights; ``leaving`` slots get 0."""
-        if self.balancer is None:
-            return []
+    def _members(self, obs: Observation, leaving: Collection[str] = ()) -> list[Member]:
+        """The replicas HAProxy may route to; ready only if the agent *and* HAProxy see it up."""
         balanced = self._balanced()
-        members = [
+        return [
             Member(
                 slot=v.replica.id,
                 url=v.replica.url,
@@ -557,12 +596,32 @@ class Rollouts:
             )
             for v in obs.views
             if v.replica.state not in (ReplicaState.STOPPED, ReplicaState.MISSING)
+            and reachable(v.replica.url)
         ]
+
+    def _sync(self, obs: Observation) -> None:
+        """Map replicas to HAProxy servers before anything reads HAProxy's view of them."""
+        if self.balancer is None:
+            return
+        try:
+            self.balancer.sync(self._members(obs))
+        except BackendError as exc:
+            log.info("haproxy: %s", exc)
+
+    def _push_weights(
+        self, obs: Observation, r: Rollout | None, stable: str, leaving: set[str]
+    ) -> list[str]:
+        """Shares by release for the stage, split into weights; ``leaving`` slots get 0."""
+        if self.balancer is None:
+            return []
+        members = self._members(obs, leaving)
         shares: dict[str, float] = {stable: 100.0}
         if r is not None and r.stage in ("promoting", "retiring"):
             shares = {r.candidate: 100.0}
+        elif r is not None and r.stage == "aborting":
+            shares = {stable: 100.0, r.candidate: 0.0}  # the service's release, whatever it is
         elif r is not None:
-            share = 0.0 if r.stage == "aborting" else float(r.share)
+            share = float(r.share)
             shares = {r.stable: 100.0 - share, r.candidate: share}
         wanted = weights(members, shares)
         wanted.update(dict.fromkeys(leaving & set(wanted), 0))

@@ -8,6 +8,7 @@ runs against anything but the replicas' own addresses.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,8 +45,10 @@ def run_load(
     concurrency: int,
     timeout_s: float = 10.0,
     budget_s: float = 120.0,
+    cancel: threading.Event | None = None,
 ) -> LoadResult:
-    """``requests`` single-input predictions against ``url`` (stops early after ``budget_s``)."""
+    """``requests`` single-input predictions against ``url`` (stops early after ``budget_s``
+    or once ``cancel`` is set)."""
     endpoint = url.rstrip("/") + "/predict"
     deadline = time.monotonic() + budget_s
     latencies: list[float] = []
@@ -53,7 +56,7 @@ def run_load(
     inputs = list(texts) or ["hello"]
 
     def one(i: int, client: httpx.Client) -> tuple[float, bool]:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
             return math.nan, False
         started = time.perf_counter()
         try:

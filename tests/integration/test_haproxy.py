@@ -153,3 +153,17 @@ def test_a_replica_that_dies_is_retried_on_another_server(
     victim.wait()
     split = send(haproxy.bind, 200)  # before HAProxy's check marks it DOWN: retried elsewhere
     assert split == Counter({"v1": 200})
+
+
+def test_an_haproxy_that_died_under_the_agent_is_started_and_configured_again(
+    haproxy: HaproxyBalancer, replicas: dict[str, str]
+) -> None:
+    ms = members(replicas)
+    haproxy.apply(ms, weights(ms, {"v1": 100.0, "v2": 0.0}))
+    pid = int(haproxy.process.pid_path.read_text().split()[0])
+    psutil.Process(pid).kill()
+    wait_until(lambda: not psutil.pid_exists(pid), timeout=10, what="haproxy gone")
+    changes = haproxy.apply(ms, weights(ms, {"v1": 100.0, "v2": 0.0}))  # next tick
+    assert "inference-1 weight 256" in changes  # a fresh HAProxy, every server set again
+    wait_until(lambda: up(haproxy, {"inference-1"}), timeout=10, what="stable UP again")
+    assert send(haproxy.bind, 50) == Counter({"v1": 50})

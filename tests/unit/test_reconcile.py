@@ -269,3 +269,31 @@ def test_apply_reports_a_failed_stop() -> None:
     )
 
     assert failures == ["stop inference-2 failed: container is being removed"]
+
+
+def test_a_rollout_s_extra_slots_are_started_kept_and_brought_back() -> None:
+    want = Desired(release=V1, replicas=1, generations={}, extra={"inference-canary-1": V2})
+    main = replica("inference-1")
+    assert plan(service="inference", desired=want, replicas=[main], ready={"inference-1"}) == [
+        Step(kind="start", slot="inference-canary-1", reason="desired slot has no replica")
+    ]
+    running = [main, replica("inference-canary-1", "v2")]
+    ready = {"inference-1", "inference-canary-1"}
+    assert plan(service="inference", desired=want, replicas=running, ready=ready) == []
+    for gone in (ReplicaState.EXITED, ReplicaState.STOPPED):  # no rule watches these slots
+        dead = [main, replica("inference-canary-1", "v2", state=gone)]
+        steps = plan(service="inference", desired=want, replicas=dead, ready={"inference-1"})
+        assert [(s.kind, s.slot) for s in steps] == [("replace", "inference-canary-1")]
+    # once not desired any more, the candidate's slot is stopped
+    done = plan(service="inference", desired=desired(), replicas=running, ready=ready)
+    assert [(s.kind, s.slot) for s in done] == [("stop", "inference-canary-1")]
+
+
+def test_a_dead_candidate_slot_does_not_hold_back_the_service_s_own_rolling_replace() -> None:
+    want = Desired(release=V2, replicas=1, generations={}, extra={"inference-canary-1": V2})
+    replicas = [
+        replica("inference-1", "v1"),
+        replica("inference-canary-1", "v2", ReplicaState.EXITED),
+    ]
+    steps = plan(service="inference", desired=want, replicas=replicas, ready={"inference-1"})
+    assert ("replace", "inference-1") in [(s.kind, s.slot) for s in steps]

@@ -50,7 +50,18 @@ def test_a_replica_not_ready_gets_no_share_and_zero_share_means_zero_weight() ->
 
 
 def test_releases_without_a_share_get_zero() -> None:
-    assert weights([member("x-1", "old")], {"v1": 100.0}) == {"x-1": 0}
+    members = [member("x-1", "old"), member("i-1", "v1")]
+    assert weights(members, {"v1": 100.0}) == {"x-1": 0, "i-1": 256}
+
+
+def test_a_share_nobody_can_serve_goes_to_whoever_can() -> None:
+    # the candidate died at the 100 % step: stable, with weight 0 by the shares, serves again
+    members = [member("i-1", "v1"), member("c-1", "v2", ready=False)]
+    assert weights(members, {"v1": 0.0, "v2": 100.0}) == {"i-1": 256, "c-1": 0}
+    # a rollback to a release with no replica up yet: the old ones keep serving meanwhile
+    assert weights([member("x-1", "old")], {"v1": 100.0}) == {"x-1": 256}
+    # nobody ready at all: the shared release's replicas get it, HAProxy's check decides
+    assert weights([member("i-1", "v1", ready=False)], {"v1": 100.0}) == {"i-1": 256}
 
 
 # --- analysis -----------------------------------------------------------------------------------
@@ -78,6 +89,8 @@ def test_too_few_requests_means_no_latency_verdict_yet() -> None:
 
 def test_errors_need_significance_not_one_unlucky_500() -> None:
     assert compare(stats(40, errors=1), stats(400, errors=0), Limits()).breach == ""
+    # Fisher alone would call 1 of 5 against 0 of 2000 significant (p=0.0025): too few errors
+    assert compare(stats(5, errors=1), stats(2000, errors=0), Limits()).breach == ""
     verdict = compare(stats(40, errors=8), stats(400, errors=1), Limits())
     assert "5xx rate 20.0% vs stable 0.2%" in verdict.breach
     # a candidate failing everything is judged at once, before min_requests
@@ -92,6 +105,9 @@ class FakeBalancer:
         self.applied: list[dict[str, int]] = []
         self.sessions: dict[str, int] = {}
         self.down: set[str] = set()  # slots HAProxy's own check has down
+
+    def sync(self, members: Sequence[Member]) -> dict[str, ServerState]:
+        return {}
 
     def apply(self, members: Sequence[Member], wanted: Mapping[str, int]) -> list[str]:
         self.applied.append(dict(wanted))
@@ -402,3 +418,32 @@ def test_a_gross_regression_is_judged_on_its_median_with_fewer_requests() -> Non
         ).breach
         == ""
     )
+
+
+def test_after_promotion_abort_is_refused_and_a_release_change_ends_the_rollout_blameless() -> None:
+    h = Harness()
+    h.start(steps=(100,))
+    for t in (1, 2, 3):
+        h.tick(T0 + t)
+    with pytest.raises(WardenError, match="no staged rollout"):
+        Harness().rollouts.promote(T0)
+    now = T0 + 3
+    for _ in range(30):
+        if h.tick(now, traffic=100) != "traffic":
+            break
+        now += 1
+    assert h.promoted == ["v2"]
+    with pytest.raises(WardenError, match="rollback"):
+        h.rollouts.abort(now, "operator")
+    h.promoted.clear()  # a rule reverted the service to v1 while the replicas rolled
+    assert h.tick(now + 1) == "aborting"
+    assert h.bad == []  # not the candidate's fault: it is not marked bad by the rollout
+    assert h.candidate_share() == 0.0
+
+
+def test_promote_is_refused_before_the_canaries_passed() -> None:
+    h = Harness()
+    h.start()
+    h.tick(T0 + 1, candidate_ready=False)
+    with pytest.raises(WardenError, match="canaries"):
+        h.rollouts.promote(T0 + 2)
