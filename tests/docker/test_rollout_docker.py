@@ -182,7 +182,7 @@ def test_the_external_haproxy_starts_with_the_agents_config_is_adopted_and_reloa
         container.reload()
         assert container.status == "running"
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
         shutil.rmtree(directory, ignore_errors=True)
 
 
