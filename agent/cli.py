@@ -94,6 +94,7 @@ def _fail(message: str, code: int = EXIT_PROBLEM) -> typer.Exit:
 
 def _run(cfg: WardenConfig, *, embedded: bool, trace: Path | None) -> None:
     from agent.app import Runtime, build_agent, resolve_token
+    from agent.rollout.balancer import HaproxyBalancer
 
     token = resolve_token(cfg, create=embedded)
     try:
@@ -110,7 +111,10 @@ def _run(cfg: WardenConfig, *, embedded: bool, trace: Path | None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
     first = f"http://{cfg.backend.host}:{cfg.backend.port}"
-    if agent.rollouts is not None and agent.rollouts.balancer is not None:
+    balancer = agent.rollouts.balancer if agent.rollouts is not None else None
+    if isinstance(balancer, HaproxyBalancer) and balancer.process.external:
+        first = f"HAProxy service on {balancer.bind}"
+    elif balancer is not None:
         first += " (HAProxy; replicas on the ports above it)"
     desired = agent.store.desired()
     err.print(
