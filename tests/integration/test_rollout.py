@@ -33,6 +33,8 @@ from tests.integration.rollout_support import (
 )
 
 STEP_S = 10.0
+# model loads, step holds until 400+ answers, a restart: minutes on a busy 2-core machine
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
