@@ -42,6 +42,7 @@ OPERATIONS = {
     ("GET", "/api/feedback"): 10,
     ("POST", "/api/feedback"): 60,
     ("POST", "/api/deploy"): 80,
+    ("POST", "/api/rollout/{command}"): 20,
     ("POST", "/api/rollback"): 40,
     ("POST", "/api/maintenance"): 20,
     ("POST", "/api/freeze"): 20,

@@ -188,6 +188,12 @@ def test_agent_killed_mid_step_resumes_the_step_with_weights_matching_its_state(
     with Traffic(_public(agent), threads=2) as traffic:
         deploy(agent, "v5", steps=[50, 100], step_duration="20s")
         wait_stage(agent, "v5", "traffic", share=50)
+        # the step is stored before the same tick pushes its weights: kill once HAProxy has them
+        wait_until(
+            lambda: sorted(haproxy_weights(agent).values()) == [128, 128],
+            timeout=30,
+            what="the 50 % weights in HAProxy",
+        )
         before = haproxy_weights(agent)
         agent.kill()
         killed_at = time.time()
@@ -199,7 +205,13 @@ def test_agent_killed_mid_step_resumes_the_step_with_weights_matching_its_state(
         assert haproxy_weights(agent) == before  # HAProxy kept the weights on its own
         agent.start()
         wait_stage(agent, "v5", "traffic", share=50)
-        assert sorted(haproxy_weights(agent).values()) == [128, 128]
+        # the restarted agent's first tick pushes the stored step's weights (the API may answer
+        # a moment before it); nothing else may have moved them
+        wait_until(
+            lambda: sorted(haproxy_weights(agent).values()) == [128, 128],
+            timeout=30,
+            what="the 50 % weights pushed again by the restarted agent",
+        )
         doc = wait_finished(agent, "v5")
     assert doc["staged"]["stage"] == "done"
     assert traffic.errors == []
