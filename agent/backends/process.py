@@ -197,6 +197,10 @@ class ProcessBackend:
         if record is not None and record.proc is not None:
             self._terminate([record.proc])
             self._sampler.forget(record.proc.pid)
+        if record is not None and (
+            record.proc is None or not _port_is_free(self._host, record.port)
+        ):
+            self._stop_orphans(record.port)  # a process no record knows may hold (or bind) it
         with self._lock:
             port = record.port if record is not None else self._new_port(slot)
             record = _Slot(
@@ -247,6 +251,29 @@ class ProcessBackend:
             popen=popen,
             pidfd=os.pidfd_open(popen.pid),
         )
+
+    def _stop_orphans(self, port: int) -> None:
+        """Stop our server command still listening on a slot's ``port`` that no record knows.
+
+        An agent killed between starting a replica and recording it leaves that process serving
+        on the slot's port; a second one started there dies with "address already in use" and
+        the slot looks crashed for good. The orphan is ours (same command, same --port): stop it
+        (SIGTERM, SIGKILL after the grace period) before starting the slot again.
+        """
+        wanted = ["--port", str(port)]
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info.get("cmdline") or []
+            ours = cmdline[: len(self._command)] == self._command
+            if not ours or not _has_pair(cmdline, wanted) or proc.pid == os.getpid():
+                continue
+            logger.warning("stopping an unrecorded replica on port %d (pid %d)", port, proc.pid)
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+                try:
+                    proc.wait(timeout=self._grace_s)
+                except psutil.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
 
     def _terminate(self, procs: Iterable[_Proc]) -> None:
         """SIGTERM (and SIGCONT, so a paused process can act on it), then SIGKILL after grace."""
@@ -445,6 +472,10 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _has_pair(argv: Sequence[str], pair: Sequence[str]) -> bool:
+    return any(list(argv[i : i + len(pair)]) == list(pair) for i in range(len(argv)))
 
 
 def _port_is_free(host: str, port: int) -> bool:

@@ -547,3 +547,27 @@ def _has_marker(proc: psutil.Process, marker: str) -> bool:
         return proc.environ().get(MARKER) == marker
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def test_a_replica_started_but_never_recorded_is_stopped_before_its_slot_starts_again(
+    make_backend: Callable[..., ProcessBackend], release: ReleaseSpec, tmp_path: Path
+) -> None:
+    """An agent killed between starting a replica and recording it: the orphan serves on the
+    slot's port, so a new process there would die with "address already in use"."""
+    first = make_backend(stop_on_close=False)
+    orphan = first.start_replica("inference-1", release, 0)
+    with httpx.Client() as http:
+        wait_until(lambda: healthy(http, orphan.url), timeout_s=20)
+    state = tmp_path / "state" / "replicas.json"
+    doc = json.loads(state.read_text())
+    entry = doc["replicas"]["inference-1"]
+    entry.update(status="lost", pid=None, create_time=None, started_at=None)  # kill -9 mid-start
+    state.write_text(json.dumps(doc))
+    again = make_backend()
+    assert state_of(again) is ReplicaState.MISSING
+    started = again.start_replica("inference-1", release, 0)
+    assert started.pid != orphan.pid
+    assert not psutil.pid_exists(orphan.pid) or psutil.Process(orphan.pid).status() == "zombie"
+    with httpx.Client() as http:
+        wait_until(lambda: healthy(http, started.url), timeout_s=20)
+    assert state_of(again) is ReplicaState.RUNNING
