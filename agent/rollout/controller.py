@@ -580,9 +580,12 @@ class Rollouts:
                 pairs[side].append((base[1], v.metrics))
         return window_stats(pairs["c"]), window_stats(pairs["s"])
 
-    def _members(self, obs: Observation, leaving: Collection[str] = ()) -> list[Member]:
-        """The replicas HAProxy may route to; ready only if the agent *and* HAProxy see it up."""
-        balanced = self._balanced()
+    def _members(
+        self, obs: Observation, leaving: Collection[str] = (), *, readiness: bool = True
+    ) -> list[Member]:
+        """The replicas HAProxy may route to; ready only if the agent *and* HAProxy see it up
+        (``readiness=False``: no HAProxy read, every member not ready — for mapping only)."""
+        balanced = self._balanced() if readiness else {}
         return [
             Member(
                 slot=v.replica.id,
@@ -604,7 +607,7 @@ class Rollouts:
         if self.balancer is None:
             return
         try:
-            self.balancer.sync(self._members(obs))
+            self.balancer.sync(self._members(obs, readiness=False))  # sync reads HAProxy itself
         except BackendError as exc:
             log.info("haproxy: %s", exc)
 
