@@ -244,7 +244,7 @@ def _deploy_routes(app: FastAPI, agent: Agent, *, write: list[Any]) -> None:
         )
         staged = body.staged
         if staged is None:
-            staged = agent.rollouts is not None and agent.rollouts.balancer is not None
+            staged = agent.rollouts is not None and agent.rollouts.can_stage
         with acting_as(request.state.operator):
             if not staged:
                 if body.steps or body.load_test:

@@ -133,6 +133,7 @@ def make_rollouts(cfg: WardenConfig, agent: Agent, canaries: Sequence[Canary]) -
         balancer=balancer,
         settings=settings,
         hooks=agent.rollout_hooks(lambda: texts, weights_sha256),
+        by_replicas=cfg.splits_by_replicas(),
     )
 
 

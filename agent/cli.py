@@ -480,7 +480,8 @@ def deploy(
         str | None,
         typer.Option(
             help="Staged rollout: candidate's traffic share at each step, in percent "
-            "(default from rollout.steps: 10,50,100). Needs HAProxy (balancer)."
+            "(default from rollout.steps: 10,50,100). Needs HAProxy (balancer), or on Swarm "
+            "balancer kind replicas (each step: the candidate replicas nearest the share)."
         ),
     ] = None,
     step_duration: Annotated[
@@ -495,7 +496,13 @@ def deploy(
         ),
     ] = False,
     canary_replicas: Annotated[
-        int, typer.Option(help="Staged rollout: replicas of the candidate.", min=1, max=16)
+        int,
+        typer.Option(
+            help="Staged rollout: replicas of the candidate (split by replicas: the canary "
+            "replicas, which never serve users; traffic replicas are added per step).",
+            min=1,
+            max=16,
+        ),
     ] = 1,
     all_at_once: Annotated[
         bool,

@@ -116,6 +116,9 @@ class BackendSettings(_Section):
     # container on that network); auto: network when `network` is set and the agent runs in a
     # container (/.dockerenv), else published.
     reach: Literal["auto", "published", "network"] = "auto"
+    # swarm: published port of the first candidate replica of a staged rollout (the service's
+    # replicas use port, port + 1, ...); default port + 100
+    canary_port: int | None = Field(None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _replicas_fit(self) -> BackendSettings:
@@ -367,17 +370,22 @@ class DriftSettings(_Section):
 
 
 class BalancerSettings(_Section):
-    """HAProxy in front of the replicas (docs/rollout.md): needed for staged rollouts.
+    """How user traffic is split between releases (docs/rollout.md): needed for staged rollouts.
 
     kind none: clients reach the replicas directly. haproxy: HAProxy binds backend.host:port and
-    the replicas move to the ports above it. auto: haproxy when it is installed and the backend
-    is process (what `warden up` uses unless the config says otherwise).
+    the replicas move to the ports above it. replicas (Swarm only): clients on backend.network
+    resolve `alias` to every task that serves (DNS round robin), and a release's share of the
+    traffic is its share of those tasks. auto: haproxy when it is installed and the backend is
+    process (what `warden up` uses unless the config says otherwise); replicas on Swarm with a
+    network.
     """
 
     kind: Annotated[
-        Literal["none", "haproxy", "auto"],
-        BeforeValidator(choice("balancer kind", ("none", "haproxy", "auto"))),
+        Literal["none", "haproxy", "replicas", "auto"],
+        BeforeValidator(choice("balancer kind", ("none", "haproxy", "replicas", "auto"))),
     ] = "none"
+    # replicas: the DNS name clients use on backend.network; "" = the service's name
+    alias: str = ""
     slots: int = Field(16, ge=2, le=256)  # servers HAProxy declares; replicas + candidates
     # external: HAProxy runs elsewhere (docker-compose.yml's haproxy service) and starts with the
     # config the agent writes into `directory`; the agent never starts or stops it.
@@ -446,6 +454,31 @@ class WardenConfig(_Section):
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     maintenance: bool = False
+
+    @model_validator(mode="after")
+    def _split_by_replicas_needs_swarm(self) -> WardenConfig:
+        if self.balancer.kind == "replicas" and (
+            self.backend.kind != "swarm" or not self.backend.network
+        ):
+            raise ValueError(
+                "balancer kind replicas splits traffic by Swarm tasks behind a DNS name: it "
+                "needs backend kind swarm and backend.network (an overlay network the clients "
+                "are on); use kind haproxy for the process and docker backends"
+            )
+        return self
+
+    def splits_by_replicas(self) -> bool:
+        """``balancer.kind`` resolved to the replica-ratio split (Swarm)."""
+        kind = self.balancer.kind
+        if kind == "auto":
+            return self.backend.kind == "swarm" and bool(self.backend.network)
+        return kind == "replicas"
+
+    def traffic_alias(self) -> str:
+        """The DNS name clients resolve when traffic is split by replicas ("" otherwise)."""
+        if not self.splits_by_replicas():
+            return ""
+        return self.balancer.alias or self.service
 
     @model_validator(mode="before")
     @classmethod

@@ -23,6 +23,9 @@ class ReleaseSpec:
 
     Process backend: ``model`` is a model directory (empty = the packaged default model) and
     ``args`` are extra server flags. Docker/Swarm: ``image`` is the image reference.
+    ``user_traffic`` False: a replica only the agent talks to (a staged rollout's canary
+    replicas when Swarm splits traffic by replicas: they stay out of the service's DNS name).
+    Backends that route through HAProxy ignore it: HAProxy's weights decide.
     """
 
     tag: str
@@ -31,6 +34,7 @@ class ReleaseSpec:
     image: str = ""
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    user_traffic: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,17 @@ container spec say what each *task* runs, so a task still being replaced reports
   without ``--no-resolve-image``) does not ask a registry for a digest; the engine is started with
   ``DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1`` so tasks use the local image.
 
+Traffic split by replicas (``alias`` set, ``balancer.kind: replicas``): every slot service joins
+``network`` with the network alias ``alias`` in DNS round-robin mode (``dnsrr``: Swarm's virtual
+IP needs IPVS), so clients on that network reach each serving task about equally often, and a
+release's share of the requests is its share of the tasks. Such tasks get a health check on
+``/ready``: Swarm puts a task into DNS only once its check passed (and takes it out before
+stopping it), so a replica still loading its model never gets a user's request. The check is
+lenient (a minute of failures before Swarm would act) so Warden's own probes and policy decide
+first. A staged rollout's canary replicas (``ReleaseSpec.user_traffic`` False) join the network
+without the alias: only the agent reaches them. Candidate slots (``<service>-canary-N``) publish
+``canary_port + N - 1``.
+
 See docs/decisions.md ("One Swarm service per slot") for why not one service with N replicas.
 """
 
@@ -34,6 +45,7 @@ from docker.types import (
     ContainerSpec,
     EndpointSpec,
     Healthcheck,
+    NetworkAttachmentConfig,
     Resources,
     RestartPolicy,
     ServiceMode,
@@ -66,6 +78,22 @@ TARGET_PORT = 8000
 # Swarm kills a task whose HEALTHCHECK turns unhealthy; Warden probes the replicas itself (with a
 # startup grace and its policy), so the image's check is switched off for tasks.
 NO_HEALTHCHECK = Healthcheck(test=["NONE"])
+_S = 1_000_000_000  # the engine takes durations in nanoseconds
+# When traffic is split by replicas: Swarm adds a task to the alias's DNS records only once this
+# passes (the model is loaded), and would stop it only after a minute of failures.
+READY_CHECK = Healthcheck(
+    test=[
+        "CMD",
+        "python",
+        "-c",
+        "import sys, urllib.request; sys.exit(urllib.request.urlopen("
+        f"'http://127.0.0.1:{TARGET_PORT}/ready', timeout=2).status != 200)",
+    ],
+    interval=2 * _S,
+    timeout=2 * _S,
+    retries=60,
+    start_period=600 * _S,
+)
 STOP_POLL_S = 0.1  # how often a replacement polls for the old task to have stopped
 STOP_SLACK_S = 5.0  # beyond the stop grace period: SIGKILL and the engine's bookkeeping
 INIT_HINT = "docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377"
@@ -88,6 +116,8 @@ class SwarmSettings:
     memory_limit_bytes: int | None = None
     cpus: float | None = None
     network: str = ""
+    alias: str = ""  # traffic split by replicas: the DNS name of the serving tasks on `network`
+    canary_port: int = 0  # published port of <service>-canary-1; 0 = base_port + 100
     # Extra labels on the services, not on their containers: a container belongs to its service
     # (remove the service, not the container), and a sweep of labelled containers must not kill
     # tasks behind Swarm's back.
@@ -144,6 +174,8 @@ class SwarmBackend:
             memory_limit_bytes=memory,
             cpus=b.cpus,
             network=b.network,
+            alias=cfg.traffic_alias(),
+            canary_port=b.canary_port or 0,
         )
         return cls(settings, clock=clock)
 
@@ -243,7 +275,7 @@ class SwarmBackend:
             env=[f"{k}={v}" for k, v in env.items()],
             labels={**marks, LABEL_BACKEND: "swarm"},
             stop_grace_period=int(s.stop_grace_s * 1e9),
-            healthcheck=NO_HEALTHCHECK,
+            healthcheck=READY_CHECK if s.alias else NO_HEALTHCHECK,
         )
         resources = Resources(
             cpu_limit=int(s.cpus * 1e9) if s.cpus else None,
@@ -257,14 +289,27 @@ class SwarmBackend:
                 resources=resources,
                 restart_policy=RestartPolicy(condition="none"),
                 force_update=force,
-                networks=[s.network] if s.network else None,
+                networks=self._networks(release),
             ),
             "mode": ServiceMode("replicated", 1),
             "update_config": UpdateConfig(
                 parallelism=1, order="stop-first", failure_action="continue"
             ),
-            "endpoint_spec": EndpointSpec(ports={self._port(slot): (TARGET_PORT, "tcp", "host")}),
+            "endpoint_spec": EndpointSpec(
+                mode="dnsrr" if s.alias else None,
+                ports={self._port(slot): (TARGET_PORT, "tcp", "host")},
+            ),
         }
+
+    def _networks(self, release: ReleaseSpec) -> list[Any] | None:
+        """The slot's network; with the traffic alias when it serves users (split by replicas)."""
+        s = self._settings
+        if not s.network:
+            return None
+        if not s.alias:
+            return [s.network]
+        aliases = [s.alias] if release.user_traffic else []
+        return [NetworkAttachmentConfig(target=s.network, aliases=aliases)]
 
     def _args(self, image: str, release: ReleaseSpec) -> list[str] | None:
         """The image's command plus the release's server flags; None keeps the image's own."""
@@ -296,7 +341,11 @@ class SwarmBackend:
             raise BackendError(f"swarm: inspect image {image} failed: {_explain(exc)}") from exc
 
     def _port(self, slot: str) -> int:
-        port = self._settings.base_port + slot_number(slot) - 1
+        s = self._settings
+        if slot.startswith(f"{s.service}-canary-"):  # a staged rollout's candidate replica
+            port = (s.canary_port or s.base_port + 100) + slot_number(slot) - 1
+        else:
+            port = s.base_port + slot_number(slot) - 1
         if not 0 < port < 65536:
             raise BackendError(f"slot {slot}: port {port} is out of range (lower backend.port)")
         return port
@@ -457,7 +506,8 @@ class SwarmBackend:
 
     def _ours(self, slot: str) -> bool:
         prefix, _, number = slot.rpartition("-")
-        return prefix == self._settings.service and number.isdigit()
+        service = self._settings.service
+        return prefix in (service, f"{service}-canary") and number.isdigit()
 
 
 def _checked_manager(connect: Connect) -> docker.DockerClient:

@@ -31,6 +31,15 @@ after the restart; a load test that was running is run again.
 
 ``pause`` holds the weights and stops the step clock; analysis keeps running, so a breach still
 aborts a paused rollout.
+
+Split by replicas (Swarm without HAProxy, ``by_replicas``): the canary replicas stay out of user
+traffic for good (golden set, load test, canary re-checks); step i adds *traffic* replicas of the
+candidate (``<service>-canary-{replicas+1}``...) beside the stable ones, as many as bring the
+candidate's share of the serving tasks nearest to ``steps[i]`` (at least one): with 2 stable
+replicas a 10 % step is 1 of 3 (33 %), a 50 % step 2 of 4. Clients resolve the service's DNS
+name to every serving task, so that is the candidate's share of requests. The 100 % step is the
+promotion itself (the stable replicas roll to the candidate). An abort removes the candidate's
+replicas in the same tick; Swarm takes a task out of DNS before it stops it.
 """
 
 from __future__ import annotations
@@ -96,6 +105,9 @@ class Rollout:
     # once it takes (nearly) all traffic and stable answers too little to compare
     reference: Mapping[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""  # what the candidate's replica reports in /version
+    # split by replicas: candidate replicas in user traffic, beside how many stable ones
+    traffic_replicas: int = 0
+    stable_replicas: int = 0
 
     @property
     def share(self) -> int:
@@ -172,10 +184,12 @@ class Rollouts:
         balancer: Balancer | None,
         settings: RolloutSettings,
         hooks: Hooks,
+        by_replicas: bool = False,
     ) -> None:
         self.service = service
         self.store = store
         self.balancer = balancer
+        self.by_replicas = by_replicas and balancer is None  # Swarm: shares by task counts
         self.settings = settings
         self.hooks = hooks
         self._baselines: dict[str, tuple[tuple[int | None, float | None], MetricsSample]] = {}
@@ -189,25 +203,43 @@ class Rollouts:
 
     # --- queries --------------------------------------------------------------------------------
 
+    @property
+    def can_stage(self) -> bool:
+        """Whether a staged rollout can run here (HAProxy, or Swarm's split by replicas)."""
+        return self.balancer is not None or self.by_replicas
+
     def current(self) -> Rollout | None:
         rollout = self.store.current()
         return rollout if rollout is not None and rollout.stage in ACTIVE else None
 
     def candidate_slots(self, rollout: Rollout | None = None) -> list[str]:
+        """Every replica slot of the candidate: canary replicas, then traffic replicas."""
         rollout = rollout or self.current()
         if rollout is None:
             return []
-        return [f"{self.service}-canary-{i}" for i in range(1, rollout.replicas + 1)]
+        count = rollout.replicas + (rollout.traffic_replicas if self.by_replicas else 0)
+        return [f"{self.service}-canary-{i}" for i in range(1, count + 1)]
 
     def extra_slots(self) -> dict[str, ReleaseSpec]:
-        """The candidate's slots for the reconciler (none once it is drained or finished)."""
+        """The candidate's slots for the reconciler (none once it is drained or finished).
+
+        Split by replicas: the canary replicas never join user traffic, and the traffic
+        replicas exist only while traffic steps or the promotion need them (an abort or the
+        end of a promotion removes them in the tick that decides it)."""
         rollout = self.current()
         if rollout is None:
             return {}
         spec = self.hooks.spec(rollout.candidate)
         if spec is None:
             return {}
-        return dict.fromkeys(self.candidate_slots(rollout), spec)
+        slots = self.candidate_slots(rollout)
+        if not self.by_replicas:
+            return dict.fromkeys(slots, spec)
+        canaries = slots[: rollout.replicas]
+        out = dict.fromkeys(canaries, replace(spec, user_traffic=False))
+        if rollout.stage in ("traffic", "promoting"):
+            out.update(dict.fromkeys(slots[rollout.replicas :], spec))
+        return out
 
     # --- operator requests ------------------------------------------------------------------------
 
@@ -224,11 +256,12 @@ class Rollouts:
         note: str,
         now: float,
     ) -> Rollout:
-        if self.balancer is None:
+        if not self.can_stage:
             raise WardenError(
                 "a staged rollout needs HAProxy in front of the replicas: install haproxy "
                 "(Debian: apt-get install haproxy) and set balancer.kind: haproxy (warden up "
-                "starts it by itself when it is installed)"
+                "starts it by itself when it is installed); on Swarm, balancer.kind: replicas "
+                "splits traffic by replica counts instead"
             )
         if self.current() is not None:
             active = self.current()
@@ -382,7 +415,7 @@ class Rollouts:
             return r
         if r.load_test:
             return self._start_load_test(r, obs, now)
-        return self._step(r, 0, now, "canaries pass")
+        return self._step(r, 0, now, "canaries pass", obs)
 
     def _traffic(self, r: Rollout, obs: Observation, now: float) -> Rollout:
         candidate, stable = self._windows(r, obs)
@@ -404,7 +437,7 @@ class Rollouts:
             self.store.put(r, history_too=False)  # the clock and analysis line: one kv row
             return r
         if r.step + 1 < len(r.steps):
-            return self._step(r, r.step + 1, now, f"step {r.steps[r.step]} % healthy")
+            return self._step(r, r.step + 1, now, f"step {r.steps[r.step]} % healthy", obs)
         return self._promote(r, now, f"healthy at every step ({verdict.summary})")
 
     # --- transitions ------------------------------------------------------------------------------
@@ -415,8 +448,24 @@ class Rollouts:
         self.hooks.event("rollout", r.candidate, status)
         return r
 
-    def _step(self, r: Rollout, index: int, now: float, why: str) -> Rollout:
+    def _step(self, r: Rollout, index: int, now: float, why: str, obs: Observation) -> Rollout:
         share = r.steps[index]
+        how = ""
+        if self.by_replicas:
+            if share >= 100:  # the promotion rolls the stable replicas: that is the 100 % step
+                return self._promote(r, now, why)
+            stable = sum(
+                1 for v in obs.views
+                if v.replica.release == r.stable
+                and v.replica.id not in self.candidate_slots(r)
+                and v.replica.state not in (ReplicaState.STOPPED, ReplicaState.MISSING)
+            )  # fmt: skip
+            count = max(r.traffic_replicas, replicas_for(share, stable))
+            r = replace(r, traffic_replicas=count, stable_replicas=stable)
+            how = (
+                f" ({count} candidate replica(s) beside {stable} stable: "
+                f"{100 * count / (count + stable):.0f} % of the serving tasks)"
+            )
         r = replace(
             r,
             stage="traffic",
@@ -425,7 +474,7 @@ class Rollouts:
             stage_since=now,
             furthest=max(r.furthest, share),
             status=f"{why}; step {index + 1}/{len(r.steps)}: {share} % of traffic to "
-            f"{r.candidate} for {r.step_duration_s:g} s",
+            f"{r.candidate} for {r.step_duration_s:g} s{how}",
         )
         self._reset_window()
         self._clock_at = now
@@ -452,7 +501,8 @@ class Rollouts:
         rolled = bool(main) and all(
             v.replica.release == r.candidate
             and v.replica.id in obs.ready_slots
-            and balanced.get(v.replica.id, False)
+            # split by replicas: Swarm adds a task to DNS once its /ready check passed
+            and balanced.get(v.replica.id, self.balancer is None)
             for v in main
         )
         if not rolled:
@@ -545,7 +595,7 @@ class Rollouts:
         verdict = compare(_as_window(cand), _as_window(stab), limits)
         if verdict.breach:
             return self._abort(r, now, f"load test: {verdict.breach}")
-        return self._step(r, 0, now, f"load test passed ({verdict.summary})")
+        return self._step(r, 0, now, f"load test passed ({verdict.summary})", obs)
 
     def _cancel_load_test(self) -> None:
         """Stop a running load test (its requests stop at once; the thread returns)."""
@@ -650,6 +700,15 @@ class Rollouts:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def replicas_for(share: int, stable: int) -> int:
+    """Candidate replicas beside ``stable`` ones whose share of all of them is nearest to
+    ``share`` percent (at least one: a step with no candidate replica would test nothing)."""
+    if stable <= 0:
+        return 1
+    best = min(range(1, 4 * stable + 1), key=lambda c: abs(100 * c / (c + stable) - share))
+    return int(best)
 
 
 def _dead(views: Sequence[ReplicaView], obs: Observation) -> str:

@@ -329,3 +329,16 @@ def test_every_problem_in_every_section_at_once(here: Path) -> None:
         "probe.interval",
         "api.tokn_env",
     ]
+
+
+def test_split_by_replicas_is_for_swarm_on_a_network_and_auto_picks_it_there(here: Path) -> None:
+    wrong = problems(here, "balancer: {kind: replicas}\n")
+    assert any("needs backend kind swarm and backend.network" in p for p in wrong)
+    swarm = "backend: {kind: swarm, network: mesh}\nbalancer: {kind: %s}\n"
+    config = load(here, swarm % "auto")
+    assert config.splits_by_replicas() and config.traffic_alias() == "inference"
+    config = load(here, swarm % "replicas" + "service: intent\n")
+    assert config.traffic_alias() == "intent"
+    assert not load(here, swarm % "none").splits_by_replicas()
+    assert load(here, swarm % "none").traffic_alias() == ""
+    assert not load(here, "backend: {kind: swarm}\nbalancer: {kind: auto}\n").splits_by_replicas()

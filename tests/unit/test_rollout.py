@@ -447,3 +447,105 @@ def test_promote_is_refused_before_the_canaries_passed() -> None:
     h.tick(T0 + 1, candidate_ready=False)
     with pytest.raises(WardenError, match="canaries"):
         h.rollouts.promote(T0 + 2)
+
+
+# --- split by replicas (Swarm without HAProxy) ---------------------------------------------------
+
+
+def test_candidate_replicas_bring_its_share_of_the_tasks_nearest_to_the_step() -> None:
+    from agent.rollout.controller import replicas_for
+
+    assert replicas_for(10, 2) == 1  # 1 of 3: the least a step can add
+    assert replicas_for(50, 2) == 2  # 2 of 4
+    assert replicas_for(10, 9) == 1  # 1 of 10
+    assert replicas_for(25, 6) == 2  # 2 of 8
+    assert replicas_for(75, 1) == 3  # 3 of 4
+    assert replicas_for(50, 0) == 1
+
+
+class RatioHarness(Harness):
+    """No balancer: the candidate's share is its share of the serving tasks (``stable``
+    replicas of the service plus the candidate's slots that serve users)."""
+
+    def __init__(self, kv: dict[str, Any] | None = None, stable: int = 2, **settings: Any):
+        super().__init__(kv, **settings)
+        self.stable_slots = [f"inference-{i}" for i in range(1, stable + 1)]
+        self.rollouts = Rollouts(
+            service="inference",
+            store=self.rollouts.store,
+            balancer=None,
+            settings=self.rollouts.settings,
+            hooks=self.rollouts.hooks,
+            by_replicas=True,
+        )
+
+    def serving(self) -> list[str]:
+        """The candidate slots the reconciler would run with the alias (user traffic)."""
+        return sorted(s for s, spec in self.rollouts.extra_slots().items() if spec.user_traffic)
+
+    def obs(
+        self, now: float, *, candidate_ready: bool = True, traffic: int = 0, main: str = "v1"
+    ) -> Observation:
+        extra = self.rollouts.extra_slots()
+        views = [self._view(s, main, now, True) for s in self.stable_slots]
+        views += [self._view(s, "v2", now, candidate_ready) for s in sorted(extra)]
+        users = self.stable_slots + (self.serving() if candidate_ready else [])
+        for slot in users:  # DNS round robin: every serving task alike
+            self.requests[slot] = self.requests.get(slot, 0) + traffic // len(users)
+        views = [self._with_metrics(v) for v in views]
+        return Observation(at=now, views=tuple(views), signals={})
+
+
+def test_split_by_replicas_adds_candidate_replicas_per_step_and_the_last_step_promotes() -> None:
+    h = RatioHarness(stable=2)
+    h.start()
+    assert h.tick(T0 + 1, candidate_ready=False) == "starting"
+    assert h.rollouts.extra_slots() == {
+        "inference-canary-1": ReleaseSpec(tag="v2", user_traffic=False)
+    }
+    assert h.tick(T0 + 2) == "canary"
+    assert h.serving() == []  # the canary replica never joins user traffic
+    assert h.tick(T0 + 3) == "traffic"
+    assert h.serving() == ["inference-canary-2"]  # 10 % of 2 stable: 1 of 3
+    current = h.rollouts.current()
+    assert current is not None and "33 % of the serving tasks" in current.status
+    seen, now, stage = [], T0 + 3, "traffic"
+    while stage == "traffic" and now < T0 + 100:  # bounded
+        now += 1.0
+        stage = h.tick(now, traffic=120)
+        seen.append(tuple(h.serving()))
+    assert ("inference-canary-2", "inference-canary-3") in seen  # 50 %: 2 of 4
+    assert stage == "promoting" and h.promoted == ["v2"]  # the 100 % step is the promotion
+    assert h.serving() == ["inference-canary-2", "inference-canary-3"]  # serve while it rolls
+    assert h.tick(now + 1, main="v2") == "retiring"  # no HAProxy to wait for: DNS has it
+    assert h.serving() == []
+    assert h.tick(now + 2, main="v2") == "done"
+    assert h.rollouts.extra_slots() == {} and h.bad == []
+
+
+def test_split_by_replicas_abort_takes_the_candidate_out_of_traffic_in_the_same_tick() -> None:
+    h = RatioHarness(stable=2)
+    h.start()
+    for t in (1, 2, 3):
+        h.tick(T0 + t)
+    assert h.serving() == ["inference-canary-2"]
+    h.slow.update({"inference-canary-1", "inference-canary-2"})
+    now, stage = T0 + 3, "traffic"
+    while stage == "traffic" and now < T0 + 60:  # bounded
+        now += 1.0
+        stage = h.tick(now, traffic=300)
+    assert stage == "aborting" and h.bad == ["v2"]
+    assert h.serving() == []  # the reconciler stops it in this tick
+    assert h.tick(now + 1) == "aborted"
+
+
+def test_split_by_replicas_failing_canaries_never_reach_users_and_haproxy_is_not_needed() -> None:
+    h = RatioHarness(stable=1)
+    h.failing_canaries.add("inference-canary-1")
+    h.start()  # no balancer, no error: the split is by replicas
+    served = []
+    for t in (1, 2, 3):
+        h.tick(T0 + t)
+        served += h.serving()
+    assert h.rollouts.store.history()["v2"].stage in ("aborting", "aborted")
+    assert served == [] and h.bad == ["v2"]
