@@ -212,6 +212,12 @@ class Rollouts:
         rollout = self.store.current()
         return rollout if rollout is not None and rollout.stage in ACTIVE else None
 
+    def traffic_slots(self, rollout: Rollout) -> list[str]:
+        """The candidate's slots that serve users: all of them with HAProxy; split by replicas,
+        those after the canary replicas."""
+        slots = self.candidate_slots(rollout)
+        return slots[rollout.replicas :] if self.by_replicas else slots
+
     def candidate_slots(self, rollout: Rollout | None = None) -> list[str]:
         """Every replica slot of the candidate: canary replicas, then traffic replicas."""
         rollout = rollout or self.current()
@@ -235,10 +241,9 @@ class Rollouts:
         slots = self.candidate_slots(rollout)
         if not self.by_replicas:
             return dict.fromkeys(slots, spec)
-        canaries = slots[: rollout.replicas]
-        out = dict.fromkeys(canaries, replace(spec, user_traffic=False))
+        out = dict.fromkeys(slots[: rollout.replicas], replace(spec, user_traffic=False))
         if rollout.stage in ("traffic", "promoting"):
-            out.update(dict.fromkeys(slots[rollout.replicas :], spec))
+            out.update(dict.fromkeys(self.traffic_slots(rollout), spec))
         return out
 
     # --- operator requests ------------------------------------------------------------------------
@@ -365,13 +370,13 @@ class Rollouts:
         slots = self.candidate_slots(r)
         views = [v for v in (obs.view(s) for s in slots) if v is not None]
         if r.stage == "aborting":
-            return self._drain(r, now)
+            return self._drain(r, obs, now)
         if r.stage in ("promoting", "retiring") and stable != r.candidate:
             return self._abort(
                 r, now, f"the service's release changed to {stable} after promotion", blame=False
             )
         if r.stage == "retiring":
-            return self._drain(r, now)
+            return self._drain(r, obs, now)
         if r.stage == "promoting":
             return self._finish_promotion(r, obs, now)
         if stable != r.stable:
@@ -418,6 +423,10 @@ class Rollouts:
         return self._step(r, 0, now, "canaries pass", obs)
 
     def _traffic(self, r: Rollout, obs: Observation, now: float) -> Rollout:
+        if self.by_replicas:
+            loading = [s for s in self.traffic_slots(r) if not _serves(obs, s, r.stage_since)]
+            if loading:
+                return self._wait_for_traffic_replicas(r, loading, now)
         candidate, stable = self._windows(r, obs)
         if stable.requests >= self.settings.limits.min_requests and r.share < 100:
             r = replace(r, reference=asdict(stable))
@@ -439,6 +448,21 @@ class Rollouts:
         if r.step + 1 < len(r.steps):
             return self._step(r, r.step + 1, now, f"step {r.steps[r.step]} % healthy", obs)
         return self._promote(r, now, f"healthy at every step ({verdict.summary})")
+
+    def _wait_for_traffic_replicas(self, r: Rollout, loading: list[str], now: float) -> Rollout:
+        """Split by replicas: the step begins when its candidate replicas serve (ready, and a
+        golden-set run passed on them since the step began). Until then the analysis window and
+        the step clock stay at zero: a replica loading its model takes CPU from its neighbours,
+        and a fresh process is slow on its first shapes; those minutes say nothing about the
+        candidate's steady state."""
+        if now - r.stage_since > self.settings.start_timeout_s:
+            return self._abort(
+                r, now, f"candidate replica(s) {', '.join(loading)} not ready within "
+                f"{self.settings.start_timeout_s:g} s",
+            )  # fmt: skip
+        self._reset_window()
+        self._clock_at = None
+        return r
 
     # --- transitions ------------------------------------------------------------------------------
 
@@ -464,7 +488,8 @@ class Rollouts:
             r = replace(r, traffic_replicas=count, stable_replicas=stable)
             how = (
                 f" ({count} candidate replica(s) beside {stable} stable: "
-                f"{100 * count / (count + stable):.0f} % of the serving tasks)"
+                f"{100 * count / (count + stable):.0f} % of the serving tasks; the step "
+                "begins when they serve)"
             )
         r = replace(
             r,
@@ -532,9 +557,21 @@ class Rollouts:
         )
         return r
 
-    def _drain(self, r: Rollout, now: float) -> Rollout:
+    def _drain(self, r: Rollout, obs: Observation, now: float) -> Rollout:
         """Aborting or retiring: the candidate slots have weight 0; they stop (the reconciler no
-        longer wants them) once HAProxy shows no open connection to them."""
+        longer wants them) once HAProxy shows no open connection to them.
+
+        Split by replicas the traffic replicas are already being stopped (Swarm takes them out
+        of DNS first, then lets the server finish its requests): the rollout ends once none
+        runs, so "aborted" means no user reaches the candidate any more."""
+        if self.by_replicas:
+            gone = (ReplicaState.STOPPED, ReplicaState.EXITED, ReplicaState.MISSING)
+            serving = [
+                v.replica.id for v in obs.views
+                if v.replica.id in self.traffic_slots(r) and v.replica.state not in gone
+            ]  # fmt: skip
+            if serving and now - r.stage_since < self.settings.start_timeout_s:
+                return r
         counters = self.balancer.servers_by_slot() if self.balancer is not None else {}
         leaving = self.candidate_slots(r)
         unknown = self.balancer is not None and any(s not in counters for s in leaving)
@@ -611,9 +648,10 @@ class Rollouts:
         self._window_from = None
 
     def _windows(self, r: Rollout, obs: Observation) -> tuple[WindowStats, WindowStats]:
-        """Candidate and stable traffic since the step started (per-replica baselines)."""
+        """Candidate and stable traffic since the step started (per-replica baselines). Split by
+        replicas, the canary replicas answer only the golden set: not user traffic, left out."""
         pairs: dict[str, list[tuple[MetricsSample, MetricsSample]]] = {"c": [], "s": []}
-        candidates = set(self.candidate_slots(r))
+        candidates = set(self.traffic_slots(r))
         for v in obs.views:
             if v.metrics is None:
                 continue
@@ -700,6 +738,17 @@ class Rollouts:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _serves(obs: Observation, slot: str, since: float) -> bool:
+    """Ready, with a golden-set run on it since ``since`` (failures are judged elsewhere)."""
+    view = obs.view(slot)
+    return (
+        slot in obs.ready_slots
+        and view is not None
+        and view.canary_at is not None
+        and view.canary_at >= since
+    )
 
 
 def replicas_for(share: int, stable: int) -> int:

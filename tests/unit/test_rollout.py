@@ -470,6 +470,9 @@ class RatioHarness(Harness):
     def __init__(self, kv: dict[str, Any] | None = None, stable: int = 2, **settings: Any):
         super().__init__(kv, **settings)
         self.stable_slots = [f"inference-{i}" for i in range(1, stable + 1)]
+        self.loading: set[str] = set()  # candidate slots still loading their model
+        self.golden = 0  # golden-set requests per tick on each canary replica
+        self.lingering: set[str] = set()  # slots no longer wanted whose task still runs
         self.rollouts = Rollouts(
             service="inference",
             store=self.rollouts.store,
@@ -488,10 +491,16 @@ class RatioHarness(Harness):
     ) -> Observation:
         extra = self.rollouts.extra_slots()
         views = [self._view(s, main, now, True) for s in self.stable_slots]
-        views += [self._view(s, "v2", now, candidate_ready) for s in sorted(extra)]
-        users = self.stable_slots + (self.serving() if candidate_ready else [])
+        views += [
+            self._view(s, "v2", now, candidate_ready and s not in self.loading)
+            for s in sorted(set(extra) | self.lingering)
+        ]
+        serving = [s for s in self.serving() if s not in self.loading]
+        users = self.stable_slots + (serving if candidate_ready else [])
         for slot in users:  # DNS round robin: every serving task alike
             self.requests[slot] = self.requests.get(slot, 0) + traffic // len(users)
+        for slot in set(extra) - set(self.serving()):
+            self.requests[slot] = self.requests.get(slot, 0) + self.golden
         views = [self._with_metrics(v) for v in views]
         return Observation(at=now, views=tuple(views), signals={})
 
@@ -536,7 +545,10 @@ def test_split_by_replicas_abort_takes_the_candidate_out_of_traffic_in_the_same_
         stage = h.tick(now, traffic=300)
     assert stage == "aborting" and h.bad == ["v2"]
     assert h.serving() == []  # the reconciler stops it in this tick
-    assert h.tick(now + 1) == "aborted"
+    h.lingering = {"inference-canary-2"}  # Swarm is still stopping its task
+    assert h.tick(now + 1) == "aborting"  # "aborted" must mean no user reaches it
+    h.lingering.clear()
+    assert h.tick(now + 2) == "aborted"
 
 
 def test_split_by_replicas_failing_canaries_never_reach_users_and_haproxy_is_not_needed() -> None:
@@ -549,3 +561,41 @@ def test_split_by_replicas_failing_canaries_never_reach_users_and_haproxy_is_not
         served += h.serving()
     assert h.rollouts.store.history()["v2"].stage in ("aborting", "aborted")
     assert served == [] and h.bad == ["v2"]
+
+
+def test_split_by_replicas_judges_traffic_replicas_only_once_they_all_serve() -> None:
+    h = RatioHarness(stable=2, start_timeout_s=30.0)
+    h.start()
+    for t in (1, 2):
+        h.tick(T0 + t)
+    # the canary replica answers only the golden set (slow batches): not the candidate's traffic
+    h.slow.add("inference-canary-1")
+    h.golden = 12
+    h.loading.add("inference-canary-2")
+    now = T0 + 3
+    assert h.tick(now) == "traffic"
+    for _ in range(20):  # the traffic replica loads its model: no clock, no verdict
+        now += 1.0
+        assert h.tick(now, traffic=30) == "traffic"
+    current = h.rollouts.current()
+    assert current is not None and current.step == 0 and current.step_clock_s == 0.0
+    h.loading.clear()
+    stage = "traffic"
+    while stage == "traffic" and now < T0 + 100:  # bounded
+        now += 1.0
+        stage = h.tick(now, traffic=30)
+    assert stage == "promoting" and h.bad == []
+
+
+def test_split_by_replicas_a_traffic_replica_that_never_serves_aborts_after_start_timeout() -> None:
+    h = RatioHarness(stable=2, start_timeout_s=30.0)
+    h.start()
+    for t in (1, 2):
+        h.tick(T0 + t)
+    h.loading.add("inference-canary-2")
+    now, stage = T0 + 2, "traffic"
+    while stage == "traffic" and now < T0 + 60:  # bounded
+        now += 1.0
+        stage = h.tick(now, traffic=300)
+    assert stage == "aborting" and now - T0 > 30
+    assert "inference-canary-2 not ready within 30 s" in h.alerts[0][2]
