@@ -153,9 +153,7 @@ def create_api(
         for r in agent.store.releases():
             doc = release_json(r)
             rollout = staged.get(r.tag)
-            doc["rollout"] = (
-                None if rollout is None else {**rollout.to_json(), "share": rollout.share}
-            )
+            doc["rollout"] = None if rollout is None else rollout.document()
             out.append(doc)
         return {"releases": out}
 

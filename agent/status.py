@@ -71,14 +71,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
 def _rollout(agent: Agent) -> dict[str, Any] | None:
     """The staged rollout in progress (``agent.rollout``), with the candidate's share; or None."""
     current = agent.rollouts.current() if agent.rollouts is not None else None
-    if current is None:
-        return None
-    share: float = current.share
-    if current.stage == "traffic" and current.traffic_replicas:  # split by replicas: the real one
-        share = round(
-            100 * current.traffic_replicas / (current.traffic_replicas + current.stable_replicas)
-        )
-    return {**current.to_json(), "share": share}
+    return None if current is None else current.document()
 
 
 def release_json(r: ReleaseRecord) -> dict[str, Any]:

@@ -118,6 +118,20 @@ class Rollout:
             return 100
         return 0
 
+    @property
+    def served_share(self) -> int:
+        """The share users get: the step's, or split by replicas the candidate's share of the
+        serving tasks (a 10 % step with 2 stable replicas is 1 of 3: 33 %)."""
+        if self.stage == "traffic" and self.traffic_replicas:
+            return round(
+                100 * self.traffic_replicas / (self.traffic_replicas + self.stable_replicas)
+            )
+        return self.share
+
+    def document(self) -> dict[str, Any]:
+        """What the API and the status page show: the stored fields and the served share."""
+        return {**self.to_json(), "share": self.served_share}
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["steps"] = list(self.steps)

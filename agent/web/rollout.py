@@ -44,7 +44,7 @@ def rollout_document(agent: Agent, tag: str | None = None) -> dict[str, Any] | N
     }
     staged = agent.rollouts.store.history().get(record.tag) if agent.rollouts else None
     if staged is not None:
-        doc["staged"] = {**staged.to_json(), "share": staged.share}
+        doc["staged"] = staged.document()
     if staged is not None and staged.stage in ACTIVE:
         doc["stage"] = "staged"
         analysis = f" ({staged.analysis})" if staged.analysis and staged.stage == "traffic" else ""

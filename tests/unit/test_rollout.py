@@ -518,6 +518,7 @@ def test_split_by_replicas_adds_candidate_replicas_per_step_and_the_last_step_pr
     assert h.serving() == ["inference-canary-2"]  # 10 % of 2 stable: 1 of 3
     current = h.rollouts.current()
     assert current is not None and "33 % of the serving tasks" in current.status
+    assert (current.share, current.served_share, current.document()["share"]) == (10, 33, 33)
     seen, now, stage = [], T0 + 3, "traffic"
     while stage == "traffic" and now < T0 + 100:  # bounded
         now += 1.0
