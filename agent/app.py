@@ -95,8 +95,8 @@ def make_rollouts(cfg: WardenConfig, agent: Agent, canaries: Sequence[Canary]) -
     if uses_haproxy(cfg):
         if cfg.backend.kind == "swarm":
             raise ConfigError(
-                ["balancer: kind haproxy is wired for the process and docker backends; swarm "
-                 "has no staged rollout yet (docs/rollout.md)"]
+                ["balancer: kind haproxy is wired for the process and docker backends; on swarm "
+                 "use kind replicas (docs/rollout.md, \"Swarm: split by replicas\")"]
             )  # fmt: skip
         lb = cfg.balancer
         process = HaproxyProcess(
@@ -118,6 +118,7 @@ def make_rollouts(cfg: WardenConfig, agent: Agent, canaries: Sequence[Canary]) -
         drain_timeout_s=r.drain_timeout_s,
         load_test_requests=r.load_test_requests,
         load_test_concurrency=r.load_test_concurrency,
+        max_replicas=cfg.backend.max_replicas,
         limits=Limits(
             max_p95_ratio=r.max_p95_ratio,
             min_p95_delta_ms=r.min_p95_delta_ms,

@@ -42,6 +42,27 @@ class MetricsSample:
     request_duration: Histogram | None = None  # endpoint="/predict"
     batch_duration: Histogram | None = None
     queue_depth: float | None = None
+    # the part of requests / request_duration the agent's own golden set made (origin="probe")
+    probe_requests: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    probe_request_duration: Histogram | None = None
+
+    def users_only(self) -> MetricsSample:
+        """This sample without the golden set's requests: what users sent."""
+        if not self.probe_requests:
+            return self
+        requests = {k: v - self.probe_requests.get(k, 0.0) for k, v in self.requests.items()}
+        duration = self.request_duration
+        if duration is not None and self.probe_request_duration is not None:
+            probe = dict(self.probe_request_duration.buckets)
+            duration = Histogram(
+                buckets=tuple((b, n - probe.get(b, 0.0)) for b, n in duration.buckets)
+            )
+        return MetricsSample(
+            requests=requests,
+            request_duration=duration,
+            batch_duration=self.batch_duration,
+            queue_depth=self.queue_depth,
+        )
 
 
 def scrape(client: httpx.Client, base_url: str, timeout_s: float) -> MetricsSample | None:
@@ -65,17 +86,26 @@ def scrape(client: httpx.Client, base_url: str, timeout_s: float) -> MetricsSamp
 def parse_metrics(text: str) -> MetricsSample:
     """Pick the ``inference_*`` series out of Prometheus text. Raises ValueError if malformed."""
     requests: dict[tuple[str, str], float] = {}
+    probes: dict[tuple[str, str], float] = {}
     buckets: dict[str, dict[float, float]] = {_REQUEST_DURATION: {}, _BATCH_DURATION: {}}
+    probe_buckets: dict[float, float] = {}
     queue_depth: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
+            probe = labels.get("origin") == "probe"
             if sample.name == _REQUESTS:
                 key = (labels.get("endpoint", ""), labels.get("status", ""))
                 requests[key] = requests.get(key, 0.0) + sample.value
+                if probe:
+                    probes[key] = probes.get(key, 0.0) + sample.value
             elif sample.name == _REQUEST_DURATION + "_bucket":
                 if labels.get("endpoint") == PREDICT:
-                    buckets[_REQUEST_DURATION][float(labels["le"])] = sample.value
+                    le = float(labels["le"])
+                    summed = buckets[_REQUEST_DURATION]
+                    summed[le] = summed.get(le, 0.0) + sample.value  # over origins
+                    if probe:
+                        probe_buckets[le] = probe_buckets.get(le, 0.0) + sample.value
             elif sample.name == _BATCH_DURATION + "_bucket":
                 buckets[_BATCH_DURATION][float(labels["le"])] = sample.value
             elif sample.name == _QUEUE_DEPTH:
@@ -85,6 +115,8 @@ def parse_metrics(text: str) -> MetricsSample:
         request_duration=_histogram(buckets[_REQUEST_DURATION]),
         batch_duration=_histogram(buckets[_BATCH_DURATION]),
         queue_depth=queue_depth,
+        probe_requests=probes,
+        probe_request_duration=_histogram(probe_buckets),
     )
 
 

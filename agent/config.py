@@ -376,8 +376,8 @@ class BalancerSettings(_Section):
     the replicas move to the ports above it. replicas (Swarm only): clients on backend.network
     resolve `alias` to every task that serves (DNS round robin), and a release's share of the
     traffic is its share of those tasks. auto: haproxy when it is installed and the backend is
-    process (what `warden up` uses unless the config says otherwise); replicas on Swarm with a
-    network.
+    process (what `warden up` uses unless the config says otherwise). `replicas` is never chosen
+    by auto: it changes how the Swarm services are created (alias, DNS mode, health check).
     """
 
     kind: Annotated[
@@ -465,14 +465,21 @@ class WardenConfig(_Section):
                 "needs backend kind swarm and backend.network (an overlay network the clients "
                 "are on); use kind haproxy for the process and docker backends"
             )
+        b = self.backend
+        if b.kind == "swarm":  # candidate slots: canary + traffic replicas, 16 + max_replicas
+            first = b.canary_port or b.port + 100
+            last = first + 16 + b.max_replicas - 1
+            if last > 65535 or (first < b.port + b.max_replicas and b.port < last + 1):
+                raise ValueError(
+                    f"backend.canary_port: the candidate replicas' ports {first}-{last} must not "
+                    f"overlap the replicas' ports {b.port}-{b.port + b.max_replicas - 1} and must "
+                    "stay below 65536"
+                )
         return self
 
     def splits_by_replicas(self) -> bool:
-        """``balancer.kind`` resolved to the replica-ratio split (Swarm)."""
-        kind = self.balancer.kind
-        if kind == "auto":
-            return self.backend.kind == "swarm" and bool(self.backend.network)
-        return kind == "replicas"
+        """``balancer.kind: replicas`` (Swarm; never chosen by auto)."""
+        return self.balancer.kind == "replicas"
 
     def traffic_alias(self) -> str:
         """The DNS name clients resolve when traffic is split by replicas ("" otherwise)."""

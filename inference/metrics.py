@@ -44,15 +44,16 @@ class ServerMetrics:
         registry = self.registry
         self.request_duration = Histogram(
             "inference_request_duration_seconds",
-            "Time from request received to response sent, by release and endpoint.",
-            ["release", "endpoint"],
+            "Time from request received to response sent, by release, endpoint and origin "
+            "(probe: the agent's golden set, sent with X-Warden-Probe; user: everything else).",
+            ["release", "endpoint", "origin"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.requests = Counter(
             "inference_requests",
-            "HTTP requests answered, by release, endpoint and status code.",
-            ["release", "endpoint", "status"],
+            "HTTP requests answered, by release, endpoint, status code and origin (probe|user).",
+            ["release", "endpoint", "status", "origin"],
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -97,10 +98,13 @@ class ServerMetrics:
         )
         ProcessCollector(registry=registry)
 
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration."""
-        self.requests.labels(release=self.release, endpoint=endpoint, status=str(status)).inc()
-        self.request_duration.labels(release=self.release, endpoint=endpoint).observe(seconds)
+    def observe_request(
+        self, endpoint: str, status: int, seconds: float, origin: str = "user"
+    ) -> None:
+        """Count one answered request and its duration (``origin``: user or probe)."""
+        labels = {"release": self.release, "endpoint": endpoint}
+        self.requests.labels(**labels, status=str(status), origin=origin).inc()
+        self.request_duration.labels(**labels, origin=origin).observe(seconds)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model batch."""

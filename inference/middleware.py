@@ -22,8 +22,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+PROBE_HEADER = b"x-warden-probe"  # the agent's golden-set requests say so: origin="probe"
+
+
 class MetricsMiddleware:
-    """Counts every HTTP request by endpoint and status and times it."""
+    """Counts every HTTP request by endpoint, status and origin, and times it."""
 
     def __init__(self, app: ASGIApp, *, metrics: ServerMetrics) -> None:
         self.app = app
@@ -46,7 +49,10 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             endpoint = endpoint_label(str(scope.get("path", "")))
-            self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+            probe = any(name == PROBE_HEADER for name, _ in scope.get("headers", ()))
+            self.metrics.observe_request(
+                endpoint, status, time.perf_counter() - started, "probe" if probe else "user"
+            )
 
 
 class BodyLimitMiddleware:

@@ -11,8 +11,9 @@ container spec say what each *task* runs, so a task still being replaced reports
   call. Swarm replaces the task stop-first (start-first with a host port never finishes).
 - ``stop_replica`` scales the service to 0: the slot is then reported ``STOPPED``.
 - Tasks never restart on their own (restart condition ``none``) and are not health-checked by
-  Swarm (it would kill an unhealthy task): a crash is an ``EXITED`` replica with the container's
-  exit code, and Warden's probes and policy (backoff, budgets) decide the restart.
+  Swarm (it would kill an unhealthy task; the one exception is the split by replicas below): a
+  crash is an ``EXITED`` replica with the container's exit code, and Warden's probes and policy
+  (backoff, budgets) decide the restart.
 - Images are never resolved at a registry: the SDK talks to the Engine API, which (unlike the CLI
   without ``--no-resolve-image``) does not ask a registry for a digest; the engine is started with
   ``DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1`` so tasks use the local image.
@@ -23,10 +24,10 @@ IP needs IPVS), so clients on that network reach each serving task about equally
 release's share of the requests is its share of the tasks. Such tasks get a health check on
 ``/ready``: Swarm puts a task into DNS only once its check passed (and takes it out before
 stopping it), so a replica still loading its model never gets a user's request. The check is
-lenient (a minute of failures before Swarm would act) so Warden's own probes and policy decide
-first. A staged rollout's canary replicas (``ReleaseSpec.user_traffic`` False) join the network
-without the alias: only the agent reaches them. Candidate slots (``<service>-canary-N``) publish
-``canary_port + N - 1``.
+lenient (two minutes of failures before Swarm would act) so Warden's own probes and policy
+decide first. The image must have ``python`` on its PATH (Warden's images do). A staged rollout's
+canary replicas (``ReleaseSpec.user_traffic`` False) join the network without the alias: only the
+agent reaches them. Candidate slots (``<service>-canary-N``) publish ``canary_port + N - 1``.
 
 See docs/decisions.md ("One Swarm service per slot") for why not one service with N replicas.
 """
@@ -80,7 +81,7 @@ TARGET_PORT = 8000
 NO_HEALTHCHECK = Healthcheck(test=["NONE"])
 _S = 1_000_000_000  # the engine takes durations in nanoseconds
 # When traffic is split by replicas: Swarm adds a task to the alias's DNS records only once this
-# passes (the model is loaded), and would stop it only after a minute of failures.
+# passes (the model is loaded), and would stop it only after 60 failures in a row (2 minutes).
 READY_CHECK = Healthcheck(
     test=[
         "CMD",
@@ -141,6 +142,7 @@ class SwarmBackend:
         self._settings = settings
         self._clock: Clock = clock or SystemClock()
         self._client = _checked_manager(connect)
+        self._check_traffic_mode()
         self._lock = threading.Lock()  # guards the sets, events and callbacks below
         self._ops = threading.RLock()  # one create/update at a time
         self._inbox = EventInbox()
@@ -255,6 +257,28 @@ class SwarmBackend:
         self._stream.close()
         self._stats.close()
         self._client.close()
+
+    def _check_traffic_mode(self) -> None:
+        """Slot services keep the DNS mode, alias and health check they were made with until
+        they are replaced; a config that changed ``balancer.kind`` to or from ``replicas`` must
+        not leave some on the alias and some off (a "10 %" step could then be 100 %)."""
+        want = "dnsrr" if self._settings.alias else "vip"
+        services = self._call("list services", self._client.api.services, filters=self._filter())
+        wrong = sorted(
+            s["Spec"]["Name"]
+            for s in services
+            if (s["Spec"].get("EndpointSpec") or {}).get("Mode", "vip") != want
+        )
+        if wrong:
+            self._client.close()
+            raise BackendError(
+                f"swarm: services {', '.join(wrong)} were made "
+                + ("without" if want == "dnsrr" else "with")
+                + " the split by replicas (balancer.kind replicas) that the config now "
+                + ("asks for" if want == "dnsrr" else "does not")
+                + "; remove them and the agent makes them again: docker service rm "
+                + " ".join(wrong)
+            )
 
     # --- specs ---------------------------------------------------------------------------------
 

@@ -75,6 +75,7 @@ class RolloutSettings:
     drain_timeout_s: float = 10.0
     load_test_requests: int = 200
     load_test_concurrency: int = 4
+    max_replicas: int = 16  # split by replicas: traffic replicas of a candidate at most
     limits: Limits = field(default_factory=Limits)
 
 
@@ -108,6 +109,7 @@ class Rollout:
     # split by replicas: candidate replicas in user traffic, beside how many stable ones
     traffic_replicas: int = 0
     stable_replicas: int = 0
+    serving_at: float | None = None  # when this step's traffic replicas all served (by replicas)
 
     @property
     def share(self) -> int:
@@ -123,6 +125,8 @@ class Rollout:
         """The share users get: the step's, or split by replicas the candidate's share of the
         serving tasks (a 10 % step with 2 stable replicas is 1 of 3: 33 %)."""
         if self.stage == "traffic" and self.traffic_replicas:
+            if self.serving_at is None:  # its replicas still load: not in DNS yet
+                return 0
             return round(
                 100 * self.traffic_replicas / (self.traffic_replicas + self.stable_replicas)
             )
@@ -214,6 +218,7 @@ class Rollouts:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warden-loadtest")
         self._lock = threading.RLock()
         self.problem = ""  # the balancer's last failure, "" when fine
+        self._first_tick: float | None = None  # this agent's first tick (timeouts after restart)
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -296,6 +301,12 @@ class Rollouts:
             raise WardenError(f"--steps must rise from above 0 to 100, e.g. 10,50,100; got {steps}")
         if steps[-1] != 100:
             steps = (*steps, 100)
+        if self.by_replicas and len(steps) < 2:
+            raise WardenError(
+                "split by replicas, a rollout needs a step below 100 (e.g. --steps 10,100): "
+                "100 % is the promotion, which rolls the stable replicas only once candidate "
+                "replicas serve beside them"
+            )
         rollout = Rollout(
             candidate=candidate,
             stable=stable,
@@ -356,6 +367,12 @@ class Rollouts:
                 f"{rollout.candidate} has not passed its canaries yet ({rollout.stage}); "
                 "promote it once it serves traffic, or --abort"
             )
+        if self.by_replicas and (rollout.stage != "traffic" or rollout.serving_at is None):
+            raise WardenError(
+                f"{rollout.candidate}'s traffic replicas do not serve yet ({rollout.stage}); "
+                "split by replicas, the stable replicas roll only once candidate replicas serve "
+                "beside them: promote once they do"
+            )
         return self._promote(rollout, now, reason)
 
     def _require(self) -> Rollout:
@@ -369,6 +386,8 @@ class Rollouts:
     def tick(self, obs: Observation, *, stable: str, now: float) -> list[str]:
         """Advance the rollout (if any) and push weights to HAProxy. Returns problems."""
         with self._lock:
+            if self._first_tick is None:
+                self._first_tick = now
             self._sync(obs)
             rollout = self.current()
             leaving: set[str] = set()
@@ -437,10 +456,14 @@ class Rollouts:
         return self._step(r, 0, now, "canaries pass", obs)
 
     def _traffic(self, r: Rollout, obs: Observation, now: float) -> Rollout:
-        if self.by_replicas:
+        if self.by_replicas and r.serving_at is None:
             loading = [s for s in self.traffic_slots(r) if not _serves(obs, s, r.stage_since)]
             if loading:
                 return self._wait_for_traffic_replicas(r, loading, now)
+            r = replace(r, serving_at=now)  # the step begins: window and clock from here
+            self._reset_window()
+            self._clock_at = now
+            self.store.put(r, history_too=False)
         candidate, stable = self._windows(r, obs)
         if stable.requests >= self.settings.limits.min_requests and r.share < 100:
             r = replace(r, reference=asdict(stable))
@@ -469,7 +492,8 @@ class Rollouts:
         the step clock stay at zero: a replica loading its model takes CPU from its neighbours,
         and a fresh process is slow on its first shapes; those minutes say nothing about the
         candidate's steady state."""
-        if now - r.stage_since > self.settings.start_timeout_s:
+        waited_from = max(r.stage_since, self._first_tick or now)  # a restarted agent waits anew
+        if now - waited_from > self.settings.start_timeout_s:
             return self._abort(
                 r, now, f"candidate replica(s) {', '.join(loading)} not ready within "
                 f"{self.settings.start_timeout_s:g} s",
@@ -496,10 +520,10 @@ class Rollouts:
                 1 for v in obs.views
                 if v.replica.release == r.stable
                 and v.replica.id not in self.candidate_slots(r)
-                and v.replica.state not in (ReplicaState.STOPPED, ReplicaState.MISSING)
+                and v.replica.state not in _OUT
             )  # fmt: skip
-            count = max(r.traffic_replicas, replicas_for(share, stable))
-            r = replace(r, traffic_replicas=count, stable_replicas=stable)
+            count = max(r.traffic_replicas, replicas_for(share, stable, self.settings.max_replicas))
+            r = replace(r, traffic_replicas=count, stable_replicas=stable, serving_at=None)
             how = (
                 f" ({count} candidate replica(s) beside {stable} stable: "
                 f"{100 * count / (count + stable):.0f} % of the serving tasks; the step "
@@ -540,8 +564,9 @@ class Rollouts:
         rolled = bool(main) and all(
             v.replica.release == r.candidate
             and v.replica.id in obs.ready_slots
-            # split by replicas: Swarm adds a task to DNS once its /ready check passed
-            and balanced.get(v.replica.id, self.balancer is None)
+            # split by replicas: Swarm adds a task to DNS once its /ready check passed, and
+            # reports it running from then on
+            and balanced.get(v.replica.id, v.replica.state is ReplicaState.RUNNING)
             for v in main
         )
         if not rolled:
@@ -678,8 +703,8 @@ class Rollouts:
             side = (
                 "c" if v.replica.id in candidates else "s" if v.replica.release == r.stable else ""
             )
-            if side:
-                pairs[side].append((base[1], v.metrics))
+            if side:  # users' requests only: the golden set's 8-input batches are not traffic
+                pairs[side].append((base[1].users_only(), v.metrics.users_only()))
         return window_stats(pairs["c"]), window_stats(pairs["s"])
 
     def _members(
@@ -754,23 +779,31 @@ class Rollouts:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+_OUT = (ReplicaState.STOPPED, ReplicaState.MISSING, ReplicaState.EXITED)  # not in DNS
+
+
 def _serves(obs: Observation, slot: str, since: float) -> bool:
-    """Ready, with a golden-set run on it since ``since`` (failures are judged elsewhere)."""
+    """In DNS and warm: ready for the agent, ``running`` for Swarm (a task is ``starting`` -- not
+    in DNS -- until its health check passed), and a golden-set run on it since ``since``
+    (failures are judged elsewhere)."""
     view = obs.view(slot)
     return (
         slot in obs.ready_slots
         and view is not None
+        and view.replica.state is ReplicaState.RUNNING
         and view.canary_at is not None
         and view.canary_at >= since
     )
 
 
-def replicas_for(share: int, stable: int) -> int:
+def replicas_for(share: int, stable: int, cap: int = 16) -> int:
     """Candidate replicas beside ``stable`` ones whose share of all of them is nearest to
-    ``share`` percent (at least one: a step with no candidate replica would test nothing)."""
+    ``share`` percent, at most ``cap`` (at least one: a step with no candidate replica would
+    test nothing)."""
     if stable <= 0:
         return 1
-    best = min(range(1, 4 * stable + 1), key=lambda c: abs(100 * c / (c + stable) - share))
+    top = max(1, min(cap, 4 * stable))
+    best = min(range(1, top + 1), key=lambda c: abs(100 * c / (c + stable) - share))
     return int(best)
 
 

@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 SERVICE = f"swr{SESSION_ID}"
 ALIAS = f"model-{SESSION_ID}"
 LABELS = {TEST_LABEL: SESSION_ID, "warden.project": "warden-tests"}
-STEP_ANSWERS = 600  # answers counted in each traffic step (the step is paused until there are)
+# answers counted in each traffic step (paused until there are): at 1000 the ±5-point bound is
+# over 3 standard deviations of a 1-in-3 share
+STEP_ANSWERS = 1000
 
 
 @pytest.fixture(scope="module")

@@ -433,3 +433,24 @@ def test_gone_process_gives_none() -> None:
     sampler = ProcessSampler()
 
     assert sampler.sample(child.pid) is None
+
+
+def test_the_golden_set_s_requests_are_told_apart_from_users() -> None:
+    from inference.metrics import ServerMetrics
+
+    server = ServerMetrics(release="v2")
+    for seconds in (0.02, 0.02, 0.03):  # users
+        server.observe_request("/predict", 200, seconds)
+    server.observe_request("/predict", 500, 0.04)
+    for _ in range(2):  # the agent's 8-input golden-set batches: slow, origin=probe
+        server.observe_request("/predict", 200, 0.4, origin="probe")
+    parsed = parse_metrics(generate_latest(server.registry).decode())
+    assert parsed.requests[("/predict", "200")] == 5.0  # every request, as before
+    assert parsed.request_duration is not None and dict(parsed.request_duration.buckets)[INF] == 6
+    users = parsed.users_only()
+    assert users.requests == {("/predict", "200"): 3.0, ("/predict", "500"): 1.0}
+    assert users.request_duration is not None
+    assert dict(users.request_duration.buckets)[0.05] == dict(users.request_duration.buckets)[INF]
+    p95 = histogram_quantile(0.95, dict(users.request_duration.buckets))
+    assert p95 is not None and p95 < 0.05  # the batches are gone
+    assert parse_metrics(server_metrics_text()).users_only().requests[("/predict", "200")] == 7.0

@@ -331,14 +331,19 @@ def test_every_problem_in_every_section_at_once(here: Path) -> None:
     ]
 
 
-def test_split_by_replicas_is_for_swarm_on_a_network_and_auto_picks_it_there(here: Path) -> None:
+def test_split_by_replicas_is_for_swarm_on_a_network_and_is_never_picked_by_auto(
+    here: Path,
+) -> None:
     wrong = problems(here, "balancer: {kind: replicas}\n")
     assert any("needs backend kind swarm and backend.network" in p for p in wrong)
     swarm = "backend: {kind: swarm, network: mesh}\nbalancer: {kind: %s}\n"
-    config = load(here, swarm % "auto")
+    config = load(here, swarm % "replicas")
     assert config.splits_by_replicas() and config.traffic_alias() == "inference"
+    assert not load(here, swarm % "auto").splits_by_replicas()  # never silently
+    clash = "backend: {kind: swarm, network: mesh, port: 8000, canary_port: 8002}\n"
+    assert any("must not overlap" in p for p in problems(here, clash))
+    assert any("below 65536" in p for p in problems(here, clash.replace("8002", "65530")))
     config = load(here, swarm % "replicas" + "service: intent\n")
     assert config.traffic_alias() == "intent"
     assert not load(here, swarm % "none").splits_by_replicas()
     assert load(here, swarm % "none").traffic_alias() == ""
-    assert not load(here, "backend: {kind: swarm}\nbalancer: {kind: auto}\n").splits_by_replicas()

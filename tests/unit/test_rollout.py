@@ -518,6 +518,10 @@ def test_split_by_replicas_adds_candidate_replicas_per_step_and_the_last_step_pr
     assert h.serving() == ["inference-canary-2"]  # 10 % of 2 stable: 1 of 3
     current = h.rollouts.current()
     assert current is not None and "33 % of the serving tasks" in current.status
+    assert (current.share, current.served_share) == (10, 0)  # its replica is not serving yet
+    assert h.tick(T0 + 3.5) == "traffic"
+    current = h.rollouts.current()
+    assert current is not None and current.serving_at == T0 + 3.5
     assert (current.share, current.served_share, current.document()["share"]) == (10, 33, 33)
     seen, now, stage = [], T0 + 3, "traffic"
     while stage == "traffic" and now < T0 + 100:  # bounded
@@ -600,3 +604,62 @@ def test_split_by_replicas_a_traffic_replica_that_never_serves_aborts_after_star
         stage = h.tick(now, traffic=300)
     assert stage == "aborting" and now - T0 > 30
     assert "inference-canary-2 not ready within 30 s" in h.alerts[0][2]
+
+
+def test_split_by_replicas_once_serving_a_readiness_blip_or_a_restart_does_not_abort() -> None:
+    h = RatioHarness(stable=2, start_timeout_s=30.0)
+    h.start()
+    for t in (1, 2, 3, 4):
+        h.tick(T0 + t)
+    current = h.rollouts.current()
+    assert current is not None and current.serving_at is not None
+    h.rollouts.pause(T0 + 4, on=True)
+    now = T0 + 60  # long after start_timeout: the step is well under way
+    h.loading.add("inference-canary-2")  # one missed /ready probe
+    assert h.tick(now, traffic=30) == "traffic"
+    h.loading.clear()
+    again = RatioHarness(kv=h.kv, stable=2, start_timeout_s=30.0)  # kill -9, new agent
+    again.requests = dict(h.requests)
+    assert again.tick(now + 1, traffic=30) == "traffic"
+    assert again.bad == [] and again.rollouts.extra_slots() == h.rollouts.extra_slots()
+
+
+def test_split_by_replicas_needs_a_step_below_100_and_promotes_only_serving_replicas() -> None:
+    h = RatioHarness(stable=1)
+    with pytest.raises(WardenError, match="needs a step below 100"):
+        h.start(steps=(100,))
+    h.start(steps=(50, 100))
+    h.tick(T0 + 1)
+    h.loading.add("inference-canary-2")
+    h.tick(T0 + 2)
+    assert h.tick(T0 + 3) == "traffic"
+    with pytest.raises(WardenError, match="do not serve yet"):
+        h.rollouts.promote(T0 + 3)
+    h.loading.clear()
+    h.tick(T0 + 4)
+    assert h.rollouts.promote(T0 + 5).stage == "promoting"
+
+
+def test_split_by_replicas_a_task_swarm_has_not_put_into_dns_does_not_serve() -> None:
+    from agent.rollout.controller import _serves
+
+    h = RatioHarness(stable=1)
+    h.start()
+    h.tick(T0 + 1)
+    obs = h.obs(T0 + 2)
+    view = obs.view("inference-canary-1")
+    assert view is not None and _serves(obs, "inference-canary-1", T0)
+    starting = Replica(**{**_fields(view.replica), "state": ReplicaState.STARTING})
+    views = tuple(
+        ReplicaView(replica=starting, health=v.health, ready=v.ready, canary=v.canary,
+                    canary_at=v.canary_at, resources=None)
+        if v.replica.id == "inference-canary-1" else v
+        for v in obs.views
+    )  # fmt: skip
+    assert not _serves(Observation(at=obs.at, views=views, signals={}), "inference-canary-1", T0)
+
+
+def _fields(replica: Replica) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(replica, f.name) for f in fields(replica)}

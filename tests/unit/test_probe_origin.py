@@ -1,0 +1,31 @@
+"""The server tells the agent's golden-set requests from users' (``origin`` label), so a staged
+rollout can compare releases on user traffic only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import generate_latest
+from starlette.testclient import TestClient
+
+from agent.collectors import parse_metrics
+from agent.probes import PROBE
+from inference.metrics import ServerMetrics
+from inference.middleware import MetricsMiddleware
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_requests_with_the_probe_header_are_counted_as_probes() -> None:
+    metrics = ServerMetrics(release="v1")
+    client = TestClient(MetricsMiddleware(_ok, metrics=metrics))
+    for _ in range(3):
+        client.post("/predict", json={"inputs": ["hi"]})
+    client.post("/predict", json={"inputs": ["hi"]}, headers=PROBE)
+    parsed = parse_metrics(generate_latest(metrics.registry).decode())
+    assert parsed.requests[("/predict", "200")] == 4.0
+    assert parsed.probe_requests == {("/predict", "200"): 1.0}
+    assert parsed.users_only().requests == {("/predict", "200"): 3.0}
