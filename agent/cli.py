@@ -513,12 +513,15 @@ def deploy(
     ] = False,
     note: Annotated[str, typer.Option(help="A note kept with the release's history.")] = "",
     pause: Annotated[
-        bool, typer.Option("--pause", help="Hold the staged rollout in progress at its weights.")
+        bool,
+        typer.Option("--pause", help="Hold the staged rollout in progress at its current step."),
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Resume a paused rollout.")] = False,
     abort: Annotated[
         bool,
-        typer.Option("--abort", help="Abort the rollout: candidate weight 0, marked bad."),
+        typer.Option(
+            "--abort", help="Abort the rollout: candidate out of traffic at once, marked bad."
+        ),
     ] = False,
     promote: Annotated[
         bool,
