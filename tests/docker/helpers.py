@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,3 +146,52 @@ def pause_container(container: Any, timeout: float = 30.0) -> None:
             if "unable to freeze" not in str(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
+
+
+@contextmanager
+def docker_host(host: str) -> Iterator[None]:
+    """``DOCKER_HOST`` set to ``host`` meanwhile: an agent process started inside inherits it."""
+    saved = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = host
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved
+
+
+def remove_network(net: Any) -> bool:
+    """Remove ``net``; False while tasks are still detaching from it (poll it)."""
+    import docker.errors
+
+    try:
+        net.remove()
+    except docker.errors.NotFound:
+        return True
+    except docker.errors.APIError as exc:
+        if "active endpoints" in str(exc) or "in use" in str(exc):
+            return False
+        raise
+    return True
+
+
+def free_ports(count: int) -> int:
+    """A port p such that p .. p + count - 1 are free on every interface (host-mode ports)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("0.0.0.0", 0))
+            base = int(probe.getsockname()[1])
+        if base + count < 65536 and all(_free(p) for p in range(base, base + count)):
+            return base
+    raise AssertionError(f"no {count} consecutive free ports found")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

@@ -10,8 +10,6 @@ per request (which task address answered, which release, how long it took, or th
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.docker.helpers import docker_host as docker_host_set
+from tests.docker.helpers import free_ports, remove_network
 from tests.integration.agent_harness import RunningAgent, healing_rules, running_agent
 from tests.integration.polling import wait_until
 
@@ -155,26 +155,6 @@ class Stack:
         return list(spec[0].get("Aliases") or [])
 
 
-def free_ports(count: int) -> int:
-    """A port p such that p .. p + count - 1 are free on every interface (host-mode ports)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("0.0.0.0", 0))
-            base = int(probe.getsockname()[1])
-        if base + count < 65536 and all(_free(p) for p in range(base, base + count)):
-            return base
-    raise AssertionError(f"no {count} consecutive free ports found")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 @contextmanager
 def split_stack(
     docker: Any,
@@ -212,11 +192,12 @@ def split_stack(
         "policy": {"bake": "2s", "cooldown": "20s", "verify_timeout": f"{READY_S:.0f}s"},
         "rollout": {"start_timeout": f"{READY_S:.0f}s"},
     }
-    saved = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = docker_host  # the agent process inherits it
     container = None
     try:
-        with running_agent(root, rules=healing_rules(root), extra=extra) as agent:
+        with (
+            docker_host_set(docker_host),
+            running_agent(root, rules=healing_rules(root), extra=extra) as agent,
+        ):
             agent.wait_serving("good", timeout=READY_S)
             container = docker.containers.run(
                 images["good"],
@@ -239,26 +220,8 @@ def split_stack(
             client.forget()
             yield stack
     finally:
-        if saved is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = saved
         if container is not None:
             container.remove(force=True)
         for left in docker.services.list(filters={"label": f"warden.service={service}"}):
             left.remove()
-        wait_until(lambda: _removed(net), timeout=60, what=f"network {net.name} removable")
-
-
-def _removed(net: Any) -> bool:
-    import docker.errors
-
-    try:
-        net.remove()
-    except docker.errors.NotFound:
-        return True
-    except docker.errors.APIError as exc:
-        if "active endpoints" in str(exc) or "in use" in str(exc):
-            return False
-        raise
-    return True
+        wait_until(lambda: remove_network(net), timeout=60, what=f"network {net.name} removable")

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.docker.conftest import SESSION_ID, TEST_LABEL, remove_project
-from tests.docker.helpers import pause_container, restart_engine
+from tests.docker.helpers import docker_host, pause_container, restart_engine
 from tests.integration.agent_harness import RunningAgent, healing_rules, running_agent
 from tests.reliability import lost_in_audit, record, record_agent
 
@@ -76,17 +76,14 @@ def docker_agent(
 ) -> Iterator[RunningAgent]:
     """A running agent with the Docker backend; its containers are removed afterwards."""
     project = f"wh-{SESSION_ID}-{root.name[-6:].lower().replace('_', '-')}"
-    saved = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = docker_env["DOCKER_HOST"]  # the agent process inherits it
     try:
         extra = agent_config(project, network, **backend)
-        with running_agent(root, rules=healing_rules(root), extra=extra) as agent:
+        with (
+            docker_host(docker_env["DOCKER_HOST"]),
+            running_agent(root, rules=healing_rules(root), extra=extra) as agent,
+        ):
             yield agent
     finally:
-        if saved is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = saved
         remove_project(docker_client, project)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,31 +28,12 @@ from agent.config import load_config
 from agent.domain import EngineEvent, Replica, ReplicaState
 from agent.reconcile import Desired, apply, plan
 from tests.docker.conftest import SESSION_ID, TEST_LABEL
+from tests.docker.helpers import free_ports, remove_network
 from tests.integration.polling import wait_until
 
 SERVICE = f"swt{SESSION_ID}"
 READY_S = 180.0  # a model load on 2 busy cores; a Swarm update adds ~6 s before that
 LABELS = {TEST_LABEL: SESSION_ID, "warden.project": "warden-tests"}
-
-
-def _free_port_pair() -> int:
-    """A port p such that p and p + 1 are free on every interface (host-mode publishing)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("0.0.0.0", 0))
-            base = probe.getsockname()[1]
-        if base < 65535 and _free(base) and _free(base + 1):
-            return int(base)
-    raise AssertionError("no two consecutive free ports found")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _get(url: str) -> httpx.Response | None:
@@ -82,21 +62,7 @@ def network(swarm: Any) -> Iterator[str]:
         f"warden-test-swarm-{SESSION_ID}", driver="overlay", attachable=True, labels=LABELS
     )
     yield str(net.name)
-    wait_until(lambda: _removed(net), timeout=60, what=f"network {net.name} to be removable")
-
-
-def _removed(net: Any) -> bool:
-    import docker.errors
-
-    try:
-        net.remove()
-    except docker.errors.NotFound:
-        return True
-    except docker.errors.APIError as exc:
-        if "active endpoints" in str(exc) or "in use" in str(exc):
-            return False  # tasks still detaching from it
-        raise
-    return True
+    wait_until(lambda: remove_network(net), timeout=60, what=f"network {net.name} to be removable")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +74,7 @@ def backend(swarm: Any, docker_env: dict[str, str], network: str) -> Iterator[Sw
         return docker.DockerClient(base_url=docker_env["DOCKER_HOST"], version="auto", timeout=60)
 
     settings = SwarmSettings(
-        service=SERVICE, base_port=_free_port_pair(), network=network, labels=LABELS
+        service=SERVICE, base_port=free_ports(2), network=network, labels=LABELS
     )
     instance = SwarmBackend(settings, connect=connect)
     try:
