@@ -461,6 +461,12 @@ class Rollouts:
             if loading:
                 return self._wait_for_traffic_replicas(r, loading, now)
             r = replace(r, serving_at=now)  # the step begins: window and clock from here
+            r = replace(
+                r,
+                status=f"step {r.step + 1}/{len(r.steps)}: {r.traffic_replicas} candidate "
+                f"replica(s) serve beside {r.stable_replicas} stable ({r.served_share} % of the "
+                f"serving tasks; step {r.steps[r.step]} %)",
+            )
             self._reset_window()
             self._clock_at = now
             self.store.put(r, history_too=False)
@@ -604,10 +610,9 @@ class Rollouts:
         of DNS first, then lets the server finish its requests): the rollout ends once none
         runs, so "aborted" means no user reaches the candidate any more."""
         if self.by_replicas:
-            gone = (ReplicaState.STOPPED, ReplicaState.EXITED, ReplicaState.MISSING)
             serving = [
                 v.replica.id for v in obs.views
-                if v.replica.id in self.traffic_slots(r) and v.replica.state not in gone
+                if v.replica.id in self.traffic_slots(r) and v.replica.state not in _OUT
             ]  # fmt: skip
             if serving and now - r.stage_since < self.settings.start_timeout_s:
                 return r

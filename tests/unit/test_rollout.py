@@ -522,6 +522,7 @@ def test_split_by_replicas_adds_candidate_replicas_per_step_and_the_last_step_pr
     assert h.tick(T0 + 3.5) == "traffic"
     current = h.rollouts.current()
     assert current is not None and current.serving_at == T0 + 3.5
+    assert "1 candidate replica(s) serve beside 2 stable (33 % of the serving" in current.status
     assert (current.share, current.served_share, current.document()["share"]) == (10, 33, 33)
     seen, now, stage = [], T0 + 3, "traffic"
     while stage == "traffic" and now < T0 + 100:  # bounded
