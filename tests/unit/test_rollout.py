@@ -650,6 +650,7 @@ def test_split_by_replicas_a_task_swarm_has_not_put_into_dns_does_not_serve() ->
     obs = h.obs(T0 + 2)
     view = obs.view("inference-canary-1")
     assert view is not None and _serves(obs, "inference-canary-1", T0)
+    assert not _serves(obs, "inference-canary-1", T0 + 3)  # no golden-set run since then
     starting = Replica(**{**_fields(view.replica), "state": ReplicaState.STARTING})
     views = tuple(
         ReplicaView(replica=starting, health=v.health, ready=v.ready, canary=v.canary,
