@@ -24,9 +24,6 @@ from agent.domain import CanaryItemResult, CanaryResult, ProbeResult
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-# Golden-set requests say what they are: the server counts them with origin="probe", so a staged
-# rollout compares releases on user traffic only (agent/collectors.py, MetricsSample.users_only).
-PROBE = {"X-Warden-Probe": "canary"}
 """Larger probe responses are refused (a canary reply with embeddings is well under this)."""
 
 
@@ -97,9 +94,7 @@ def run_canaries(
     if not canaries:
         return CanaryResult(items=())
     payload = {"inputs": [canary.input for canary in canaries]}
-    reply = _call(
-        client, "POST", _url(base_url, "/predict"), timeout_s, payload=payload, headers=PROBE
-    )
+    reply = _call(client, "POST", _url(base_url, "/predict"), timeout_s, payload=payload)
     predictions, reason = _predictions(reply, len(canaries))
     if predictions is None:
         items = tuple(_all_failed(c, reply.latency_s, reason) for c in canaries)
@@ -194,15 +189,12 @@ def _call(
     *,
     payload: object = None,
     accept: tuple[int, ...] = (200,),
-    headers: dict[str, str] | None = None,
 ) -> _Reply:
     """One request whose outcome is always a ``_Reply`` (JSON body or a reason)."""
     started = time.perf_counter()
     status: int | None = None
     try:
-        with client.stream(
-            method, url, json=payload, timeout=timeout_s, headers=headers
-        ) as response:
+        with client.stream(method, url, json=payload, timeout=timeout_s) as response:
             status = response.status_code
             raw = _read_body(response, started + timeout_s)
     except Exception as exc:  # noqa: BLE001 - a probe never raises; unexpected errors are logged

@@ -1,5 +1,6 @@
-"""The server tells the agent's golden-set requests from users' (``origin`` label), so a staged
-rollout can compare releases on user traffic only."""
+"""The server tells probe requests (``X-Warden-Probe``) from users' (``origin`` label), and a
+staged rollout's windows leave probes out. (The agent's golden set does not send the header yet:
+doing so broke the drift monitor's end-to-end test in a way not yet understood; see the notes.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from prometheus_client import generate_latest
 from starlette.testclient import TestClient
 
 from agent.collectors import parse_metrics
-from agent.probes import PROBE
 from inference.metrics import ServerMetrics
 from inference.middleware import MetricsMiddleware
 
@@ -24,7 +24,7 @@ def test_requests_with_the_probe_header_are_counted_as_probes() -> None:
     client = TestClient(MetricsMiddleware(_ok, metrics=metrics))
     for _ in range(3):
         client.post("/predict", json={"inputs": ["hi"]})
-    client.post("/predict", json={"inputs": ["hi"]}, headers=PROBE)
+    client.post("/predict", json={"inputs": ["hi"]}, headers={"X-Warden-Probe": "canary"})
     parsed = parse_metrics(generate_latest(metrics.registry).decode())
     assert parsed.requests[("/predict", "200")] == 4.0
     assert parsed.probe_requests == {("/predict", "200"): 1.0}
