@@ -396,6 +396,15 @@ def obs_stack(obs_tools: ObsTools, tmp_path_factory: pytest.TempPathFactory) -> 
         scraped = 'sum(inference_requests_total{endpoint="/predict",status="200"})'
         wait_until(has(f"{scraped} >= {LOAD_REQUESTS}"), timeout=30,
                    what="Prometheus to scrape the load", logs=logs)  # fmt: skip
+        # The reference is captured from the release's first observations. When one drift poll
+        # reads the whole load, it closes (and skips: nothing to test against yet) every window
+        # before the capture in that same poll, and no window is left to test. So: wait for the
+        # reference to exist, then send two more windows, which are tested against it.
+        reference = work / "state" / "drift" / f"reference-{RELEASE}.json"
+        wait_until(reference.exists, timeout=60, what="the drift reference of the load",
+                   logs=logs)  # fmt: skip
+        more = 2 * int(DRIFT_SMALL_WINDOWS["window"])
+        assert _send_load(replica["url"], more) == [200] * more
         wait_until(has('warden_signal{signal="drift_p_value"}'), timeout=60,
                    what="the drift monitor to test a window of the load", logs=logs)  # fmt: skip
 
