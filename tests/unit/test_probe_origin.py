@@ -1,6 +1,6 @@
 """The server tells probe requests (``X-Warden-Probe``) from users' (``origin`` label), and a
 staged rollout's windows leave probes out. (The agent's golden set does not send the header yet:
-doing so broke the drift monitor's end-to-end test in a way not yet understood; see the notes.)"""
+see docs/rollout.md, Limits.)"""
 
 from __future__ import annotations
 
