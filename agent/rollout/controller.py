@@ -522,10 +522,11 @@ class Rollouts:
         if self.by_replicas:
             if share >= 100:  # the promotion rolls the stable replicas: that is the 100 % step
                 return self._promote(r, now, why)
+            candidates = set(self.candidate_slots(r))
             stable = sum(
                 1 for v in obs.views
                 if v.replica.release == r.stable
-                and v.replica.id not in self.candidate_slots(r)
+                and v.replica.id not in candidates
                 and v.replica.state not in _OUT
             )  # fmt: skip
             count = max(r.traffic_replicas, replicas_for(share, stable, self.settings.max_replicas))
@@ -610,9 +611,10 @@ class Rollouts:
         of DNS first, then lets the server finish its requests): the rollout ends once none
         runs, so "aborted" means no user reaches the candidate any more."""
         if self.by_replicas:
+            traffic = set(self.traffic_slots(r))
             serving = [
                 v.replica.id for v in obs.views
-                if v.replica.id in self.traffic_slots(r) and v.replica.state not in _OUT
+                if v.replica.id in traffic and v.replica.state not in _OUT
             ]  # fmt: skip
             if serving and now - r.stage_since < self.settings.start_timeout_s:
                 return r
