@@ -64,6 +64,7 @@ class _Memory:
     canary: CanaryResult | None = None
     canary_at: float | None = None
     restarts: deque[float] = field(default_factory=deque)
+    release: str | None = None  # release the remembered instance ran
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,9 +223,17 @@ class Observer:
         mem = self._memory.setdefault(r.id, _Memory())
         instance = (r.pid, r.started_at)
         if instance != mem.instance:
-            if mem.instance != (None, None) and r.pid is not None:
+            if mem.release is not None and r.release != mem.release:
+                # A new release in the slot is a deployment (a deploy, a rollout step, a
+                # rollback), not a crash: the release now running starts its own count. Counting
+                # across it would put a failed candidate's restarts, and the agent's own revert
+                # of it, on the release it was reverted to, and crash-loop would freeze the
+                # service the revert just healed.
+                mem.restarts.clear()
+            elif mem.instance != (None, None) and r.pid is not None:
                 mem.restarts.append(now)
             mem.instance = instance
+            mem.release = r.release
             mem.first_seen = now
             mem.healthy_once = False
             mem.ready_once = False

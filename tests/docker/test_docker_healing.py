@@ -247,7 +247,7 @@ def test_paused_container_is_detected_by_health_timeouts_and_restarted(
     assert "health failed 3 times in a row" in restart["reason"]
     assert restart["ts"] - paused_at < 5.0
     assert [e["subject"] for e in events(agent, "pause")] == ["inference-1"]
-    assert not docker_client.containers.list(all=True, filters={"id": old})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"id": old})
     record_agent("server-pause", request, agent, paused_at)
 
 
@@ -270,7 +270,7 @@ def test_release_that_cannot_load_its_model_is_reverted(agent: RunningAgent) -> 
     response = agent.post("/api/deploy", {"tag": "broken"})
     assert response.status_code == 202, response.text
     agent.wait(lambda s: s["replicas"][0]["release"] == "broken", "broken deployed", LOAD_S)
-    agent.wait(settled_on("good"), "the broken release to be reverted to good", LOAD_S)
+    reverted = agent.wait(settled_on("good"), "the broken release to be reverted to good", LOAD_S)
     assert releases(agent)["broken"] == "bad"
     # a release that cannot load its model also crash-loops: whichever of these rules decides
     # first reverts it (the crash-loop rule won the race in one CI run)
@@ -279,6 +279,9 @@ def test_release_that_cannot_load_its_model_is_reverted(agent: RunningAgent) -> 
         "not-ready",
         "crash-loop",
     )
+    # the revert is a deployment, not a crash: it must not count toward good's crash loop
+    # (it did once, and crash-loop froze the service the revert had just healed)
+    assert not reverted["frozen"], agent.logs()
 
 
 def test_slow_replica_fires_the_latency_rule_and_is_scaled_out_to_two(

@@ -141,11 +141,12 @@ def replica(
     started_at: float | None = T0,
     exit_code: int | None = None,
     oom_killed: bool = False,
+    release: str = "v1",
 ) -> Replica:
     return Replica(
         id=slot,
         url=f"http://127.0.0.1:{port}",
-        release="v1",
+        release=release,
         state=state,
         pid=pid,
         started_at=started_at,
@@ -422,6 +423,26 @@ def test_a_new_process_instance_counts_as_a_recent_restart(
     signals = observe_at(observer, [replica(pid=102, started_at=T0 + 9.0)], T0 + 9.0)
 
     assert signals["restarts_recent"] == 2.0
+
+
+def test_a_release_change_is_a_deployment_and_starts_the_new_releases_own_count(
+    observer: Observer, servers: Servers
+) -> None:
+    # A candidate that cannot load its model is restarted, then the agent reverts it: neither
+    # the candidate's restarts nor the revert may count as restarts of the release reverted to
+    # (crash-loop would freeze the service the revert just healed).
+    servers.add(8000)
+    observer.observe([replica(pid=100)], T0)
+    observer.observe([replica(pid=101, started_at=T0 + 5.0, release="v2")], T0 + 5.0)
+    observer.observe([replica(pid=102, started_at=T0 + 6.0, release="v2")], T0 + 6.0)
+    bad = observe_at(observer, [replica(pid=103, started_at=T0 + 7.0, release="v2")], T0 + 7.0)
+
+    reverted = observe_at(observer, [replica(pid=104, started_at=T0 + 8.0)], T0 + 8.0)
+    crashed = observe_at(observer, [replica(pid=105, started_at=T0 + 9.0)], T0 + 9.0)
+
+    assert bad["restarts_recent"] == 2.0
+    assert reverted["restarts_recent"] == 0.0
+    assert crashed["restarts_recent"] == 1.0
 
 
 def test_restarts_older_than_the_window_are_forgotten(observer: Observer, servers: Servers) -> None:
