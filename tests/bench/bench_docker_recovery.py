@@ -294,7 +294,8 @@ class Autoheal:
     def _run(self) -> None:
         while not self.stop.wait(AUTOHEAL_POLL_S):
             for c in self.client.containers.list(
-                filters={"health": "unhealthy", "label": f"{AUTOHEAL_LABEL}=true"}
+                ignore_removed=True,
+                filters={"health": "unhealthy", "label": f"{AUTOHEAL_LABEL}=true"},
             ):
                 self.seen.setdefault(c.id, time.time())
                 try:
@@ -502,7 +503,9 @@ def main() -> None:
         ):
             rounds, results = run_rounds(args, client, agent, network)
     finally:
-        for c in client.containers.list(all=True, filters={"label": "warden.test=bench-docker"}):
+        for c in client.containers.list(
+            ignore_removed=True, all=True, filters={"label": "warden.test=bench-docker"}
+        ):
             c.remove(force=True)
         client.networks.get(network).remove()
     info["load_end"] = loadavg()

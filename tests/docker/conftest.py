@@ -197,7 +197,7 @@ def test_network(docker_client: Any) -> Iterator[str]:
 def remove_project(docker_client: Any, project: str) -> None:
     """Remove every container labelled ``warden.project=<project>`` (what a backend created)."""
     for container in docker_client.containers.list(
-        all=True, filters={"label": f"warden.project={project}"}
+        ignore_removed=True, all=True, filters={"label": f"warden.project={project}"}
     ):
         try:
             container.remove(force=True, v=True)

@@ -69,7 +69,9 @@ class ComposeStack:
 def _ours(docker_client: Any) -> list[Any]:
     """Every inference container of the compose project's agent scope (compose's or the agent's)."""
     return list(
-        docker_client.containers.list(all=True, filters={"label": [PROJECT_LABEL, SERVICE_LABEL]})
+        docker_client.containers.list(
+            ignore_removed=True, all=True, filters={"label": [PROJECT_LABEL, SERVICE_LABEL]}
+        )
     )
 
 
@@ -95,7 +97,9 @@ def compose_stack(
     assert _ours(docker_client) == []
     assert (
         docker_client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={project}"}
+            ignore_removed=True,
+            all=True,
+            filters={"label": f"com.docker.compose.project={project}"},
         )
         == []
     )
@@ -106,6 +110,7 @@ def test_compose_agent_adopts_the_inference_container_and_heals_a_kill(
 ) -> None:
     stack = compose_stack
     (compose_inference,) = docker_client.containers.list(
+        ignore_removed=True,
         all=True,
         filters={"label": [f"com.docker.compose.project={stack.project}", SERVICE_LABEL]},
     )

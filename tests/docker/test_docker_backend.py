@@ -148,7 +148,9 @@ def test_start_replaces_the_slots_container_and_stop_removes_it(
         "bad",
         1,
     )
-    assert not docker_client.containers.list(all=True, filters={"id": first.container_id})
+    assert not docker_client.containers.list(
+        ignore_removed=True, all=True, filters={"id": first.container_id}
+    )
     backend.stop_replica(SLOT)
     assert backend.list_replicas() == []
     backend.stop_replica(SLOT)  # already gone: no error

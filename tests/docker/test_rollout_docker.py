@@ -189,7 +189,9 @@ def test_the_external_haproxy_starts_with_the_agents_config_is_adopted_and_reloa
 def _canaries(docker_client: Any) -> list[Any]:
     return list(
         docker_client.containers.list(
-            all=True, filters={"label": ["warden.project=warden", f"warden.slot={CANARY_SLOT}"]}
+            ignore_removed=True,
+            all=True,
+            filters={"label": ["warden.project=warden", f"warden.slot={CANARY_SLOT}"]},
         )
     )
 
@@ -233,7 +235,8 @@ def test_a_good_release_goes_50_100_with_half_the_requests_at_the_first_step(
                    timeout=ROLLOUT_TIMEOUT_S, what=f"{STEP_REQUESTS} answers at 50 %",
                    logs=stack.logs)  # fmt: skip
         held = time.time() - at_50
-        assert stack.post("/api/rollout/resume", {}).status_code == 200
+        resumed = stack.post("/api/rollout/resume", {})
+        assert resumed.status_code == 200, (resumed.text, stack.rollout("good2"), stack.logs())
         doc = stack.wait_finished("good2")
     assert doc["staged"]["stage"] == "done", doc
     assert doc["status"] == "good", doc
