@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -22,6 +22,10 @@ import httpx
 from agent.domain import CanaryItemResult, CanaryResult, ProbeResult
 
 logger = logging.getLogger(__name__)
+
+PROBE = {"X-Warden-Probe": "canary"}
+"""Sent with golden-set runs: the server counts them as ``origin="probe"``, so a staged
+rollout's candidate-vs-stable windows hold users' requests only (``MetricsSample.users_only``)."""
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Larger probe responses are refused (a canary reply with embeddings is well under this)."""
@@ -94,7 +98,9 @@ def run_canaries(
     if not canaries:
         return CanaryResult(items=())
     payload = {"inputs": [canary.input for canary in canaries]}
-    reply = _call(client, "POST", _url(base_url, "/predict"), timeout_s, payload=payload)
+    reply = _call(
+        client, "POST", _url(base_url, "/predict"), timeout_s, payload=payload, headers=PROBE
+    )
     predictions, reason = _predictions(reply, len(canaries))
     if predictions is None:
         items = tuple(_all_failed(c, reply.latency_s, reason) for c in canaries)
@@ -189,12 +195,15 @@ def _call(
     *,
     payload: object = None,
     accept: tuple[int, ...] = (200,),
+    headers: Mapping[str, str] | None = None,
 ) -> _Reply:
     """One request whose outcome is always a ``_Reply`` (JSON body or a reason)."""
     started = time.perf_counter()
     status: int | None = None
     try:
-        with client.stream(method, url, json=payload, timeout=timeout_s) as response:
+        with client.stream(
+            method, url, json=payload, headers=headers, timeout=timeout_s
+        ) as response:
             status = response.status_code
             raw = _read_body(response, started + timeout_s)
     except Exception as exc:  # noqa: BLE001 - a probe never raises; unexpected errors are logged

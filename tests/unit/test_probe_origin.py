@@ -1,6 +1,6 @@
 """The server tells probe requests (``X-Warden-Probe``) from users' (``origin`` label), and a
-staged rollout's windows leave probes out. (The agent's golden set does not send the header yet:
-see docs/rollout.md, Limits.)"""
+staged rollout's windows leave probes out (the agent's golden set sends the header:
+``agent.probes.PROBE``)."""
 
 from __future__ import annotations
 

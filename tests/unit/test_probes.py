@@ -251,6 +251,8 @@ def test_canaries_pass_in_one_request(canaries: list[Canary]) -> None:
     (request,) = server.requests
     assert (request.method, str(request.url)) == ("POST", BASE + "/predict")
     assert json.loads(request.content) == {"inputs": ["I was charged twice", "cannot log in"]}
+    # the server counts it as origin="probe": rollout windows leave the golden set out
+    assert request.headers["X-Warden-Probe"] == "canary"
 
 
 def test_canary_with_wrong_label_names_expected_and_got(canaries: list[Canary]) -> None:
