@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.bench.docs_section import write_marked_section  # noqa: E402
+from tests.bench.rollout_rounds import failed_per_round, measured, run_rounds  # noqa: E402
 from tests.integration.agent_harness import RunningAgent, running_agent  # noqa: E402
 from tests.integration.polling import wait_until  # noqa: E402
 from tests.integration.rollout_support import (  # noqa: E402
@@ -163,7 +163,6 @@ def main() -> None:
     args = parser.parse_args()
     load_start = os.getloadavg()
     started = time.time()
-    rows_full, rows_abort = [], []
     with tempfile.TemporaryDirectory(prefix="warden-bench-rollout-") as tmp:
         root = Path(tmp)
         extra = rollout_config(args.step)
@@ -173,11 +172,11 @@ def main() -> None:
             direct = agent.status()["replicas"][0]["url"]
             hop_ms = hop(direct, public)
             print(f"hop: {hop_ms}", flush=True)
-            for i in range(1, args.runs + 1):
-                rows_full.append(full_rollout(agent, public, f"good-{i}"))
-                print(f"round {i} full: {rows_full[-1]}", flush=True)
-                rows_abort.append(abort(agent, public, f"slow-{i}"))
-                print(f"round {i} abort: {rows_abort[-1]}", flush=True)
+            rows_full, rows_abort = run_rounds(
+                args.runs,
+                lambda tag: full_rollout(agent, public, tag),
+                lambda tag: abort(agent, public, tag),
+            )
     text = render(args, rows_full, rows_abort, hop_ms, load_start, started)
     print(text)
     if not args.no_write:
@@ -192,13 +191,11 @@ def render(
     load_start: tuple[float, float, float],
     started: float,
 ) -> str:
-    when = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M")
-    load_end = os.getloadavg()
     med = statistics.median
     breach = [a["breach_to_zero_s"] for a in aborts]
     slow = [a["slow_to_zero_s"] for a in aborts]
-    failed_full = ", ".join(f"{r['failed']}/{r['requests']}" for r in full)
-    failed_abort = ", ".join(f"{r['failed']}/{r['requests']}" for r in aborts)
+    failed_full = failed_per_round(full)
+    failed_abort = failed_per_round(aborts)
     breach_s = ", ".join(f"{s * 1000:.0f} ms" for s in breach)
     breach_s += f" (median {med(breach) * 1000:.0f} ms)"
     slow_s = ", ".join(f"{s:.1f} s" for s in slow) + f" (median {med(slow):.1f} s)"
@@ -210,8 +207,7 @@ def render(
         for path, k in (("/health", "h"), ("/predict", "p"))
     )
     return f"""{START}
-Measured {when} UTC on {os.cpu_count()} CPUs; load average {load_start[0]:.2f} at the start,
-{load_end[0]:.2f} at the end; {len(full)} round(s) in {(time.time() - started) / 60:.1f} min.
+{measured(started, load_start, len(full))}
 
 Command: `bash scripts/bench-rollout.sh --runs {args.runs}` (`tests/bench/bench_rollout.py`; its
 docstring defines every measurement). Steps 10,50,100 %, {args.step} each, 4 client threads through

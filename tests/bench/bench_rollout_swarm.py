@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.bench.docs_section import write_marked_section  # noqa: E402
+from tests.bench.rollout_rounds import failed_per_round, measured, run_rounds  # noqa: E402
 from tests.docker.conftest import engine_env  # noqa: E402
 from tests.docker.swarm_split import READY_S, Stack, split_stack  # noqa: E402
 from tests.integration.polling import wait_until  # noqa: E402
@@ -99,7 +99,6 @@ def main() -> None:
     load_start = os.getloadavg()
     started = time.time()
     session = uuid.uuid4().hex[:6]
-    full, aborts = [], []
     with (
         tempfile.TemporaryDirectory(prefix="warden-bench-swarm-") as tmp,
         split_stack(
@@ -112,11 +111,11 @@ def main() -> None:
             labels={"warden.bench": session},
         ) as stack,
     ):
-        for i in range(1, args.runs + 1):
-            full.append(full_rollout(stack, images["good"], f"good-{i}"))
-            print(f"round {i} full: {full[-1]}", flush=True)
-            aborts.append(abort(stack, images["good"], f"slow-{i}"))
-            print(f"round {i} abort: {aborts[-1]}", flush=True)
+        full, aborts = run_rounds(
+            args.runs,
+            lambda tag: full_rollout(stack, images["good"], tag),
+            lambda tag: abort(stack, images["good"], tag),
+        )
     text = render(args, full, aborts, load_start, started)
     print(text)
     if not args.no_write:
@@ -130,19 +129,16 @@ def render(
     load_start: tuple[float, float, float],
     started: float,
 ) -> str:
-    when = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M")
-    load_end = os.getloadavg()
     med = statistics.median
-    failed_full = ", ".join(f"{r['failed']}/{r['requests']}" for r in full)
-    failed_abort = ", ".join(f"{r['failed']}/{r['requests']}" for r in aborts)
+    failed_full = failed_per_round(full)
+    failed_abort = failed_per_round(aborts)
     last = [a["breach_to_last_s"] for a in aborts]
     decided = [a["slowed_to_decided_s"] for a in aborts]
     last_s = ", ".join(f"{s:.2f} s" for s in last) + f" (median {med(last):.2f} s)"
     decided_s = ", ".join(f"{s:.1f} s" for s in decided) + f" (median {med(decided):.1f} s)"
     took = ", ".join(f"{r['seconds']:.0f} s" for r in full)
     return f"""{START}
-Measured {when} UTC on {os.cpu_count()} CPUs; load average {load_start[0]:.2f} at the start,
-{load_end[0]:.2f} at the end; {len(full)} round(s) in {(time.time() - started) / 60:.1f} min.
+{measured(started, load_start, len(full))}
 
 Command: `bash scripts/bench-rollout-swarm.sh --runs {args.runs}`
 (`tests/bench/bench_rollout_swarm.py`; its docstring defines every measurement). Two stable

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 
 
 @dataclass
@@ -86,7 +87,6 @@ def restart_engine(docker_client: Any, timeout: float = 90.0) -> float:
     """Restart the dockerd that scripts/engine.sh started: SIGTERM the pid in its pidfile, wait
     for it to exit, start it again with the very same command line and environment (read from
     /proc), and wait until it answers. Returns the seconds the engine was away."""
-    import os
     import signal
     import subprocess
 
@@ -151,15 +151,9 @@ def pause_container(container: Any, timeout: float = 30.0) -> None:
 @contextmanager
 def docker_host(host: str) -> Iterator[None]:
     """``DOCKER_HOST`` set to ``host`` meanwhile: an agent process started inside inherits it."""
-    saved = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = host
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DOCKER_HOST", host)
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = saved
 
 
 def remove_network(net: Any) -> bool:

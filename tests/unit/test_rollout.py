@@ -505,6 +505,17 @@ class RatioHarness(Harness):
         return Observation(at=now, views=tuple(views), signals={})
 
 
+def _ticked(ticks: int, **settings: Any) -> RatioHarness:
+    """A ratio rollout beside 2 stable replicas, ticked at T0+1 .. T0+ticks: after 2 its
+    canaries passed (the next tick enters the first traffic step), after 3 it is in that step,
+    after 4 its traffic replica serves."""
+    h = RatioHarness(stable=2, **settings)
+    h.start()
+    for t in range(1, ticks + 1):
+        h.tick(T0 + t)
+    return h
+
+
 def test_split_by_replicas_adds_candidate_replicas_per_step_and_the_last_step_promotes() -> None:
     h = RatioHarness(stable=2)
     h.start()
@@ -539,10 +550,7 @@ def test_split_by_replicas_adds_candidate_replicas_per_step_and_the_last_step_pr
 
 
 def test_split_by_replicas_abort_takes_the_candidate_out_of_traffic_in_the_same_tick() -> None:
-    h = RatioHarness(stable=2)
-    h.start()
-    for t in (1, 2, 3):
-        h.tick(T0 + t)
+    h = _ticked(3)
     assert h.serving() == ["inference-canary-2"]
     h.slow.update({"inference-canary-1", "inference-canary-2"})
     now, stage = T0 + 3, "traffic"
@@ -570,10 +578,7 @@ def test_split_by_replicas_failing_canaries_never_reach_users_and_haproxy_is_not
 
 
 def test_split_by_replicas_judges_traffic_replicas_only_once_they_all_serve() -> None:
-    h = RatioHarness(stable=2, start_timeout_s=30.0)
-    h.start()
-    for t in (1, 2):
-        h.tick(T0 + t)
+    h = _ticked(2, start_timeout_s=30.0)
     # the canary replica answers only the golden set (slow batches): not the candidate's traffic
     h.slow.add("inference-canary-1")
     h.golden = 12
@@ -594,10 +599,7 @@ def test_split_by_replicas_judges_traffic_replicas_only_once_they_all_serve() ->
 
 
 def test_split_by_replicas_a_traffic_replica_that_never_serves_aborts_after_start_timeout() -> None:
-    h = RatioHarness(stable=2, start_timeout_s=30.0)
-    h.start()
-    for t in (1, 2):
-        h.tick(T0 + t)
+    h = _ticked(2, start_timeout_s=30.0)
     h.loading.add("inference-canary-2")
     now, stage = T0 + 2, "traffic"
     while stage == "traffic" and now < T0 + 60:  # bounded
@@ -608,10 +610,7 @@ def test_split_by_replicas_a_traffic_replica_that_never_serves_aborts_after_star
 
 
 def test_split_by_replicas_once_serving_a_readiness_blip_or_a_restart_does_not_abort() -> None:
-    h = RatioHarness(stable=2, start_timeout_s=30.0)
-    h.start()
-    for t in (1, 2, 3, 4):
-        h.tick(T0 + t)
+    h = _ticked(4, start_timeout_s=30.0)
     current = h.rollouts.current()
     assert current is not None and current.serving_at is not None
     h.rollouts.pause(T0 + 4, on=True)
